@@ -1,0 +1,121 @@
+"""The library API under the CLI: `encode_image`, `decode_image`, `truncate` (and `container.describe`).
+
+Bytes in, bytes / images out; no paths written here (the CLI owns files and atomic writes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import container
+from .container import Header, choose_layer_count, keep_layers
+from .errors import SiccError
+from .imageio import SourceImage, from_pil, pack_alpha, read_image, to_pil, unpack_alpha
+from .model import PAD_MULTIPLE
+from .weights import find_weights_by_id, load_codec
+
+def _source(image) -> SourceImage:
+    if isinstance(image, SourceImage):
+        return image
+    if isinstance(image, Image.Image):
+        return from_pil(image)
+    if isinstance(image, (str, Path)):
+        try:
+            image = Path(image).read_bytes()
+        except OSError as e:
+            raise SiccError(e.strerror or str(e)) from None
+    return read_image(bytes(image))
+
+
+def _padded_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """Pad to a multiple of PAD_MULTIPLE by edge replication (no hard border for the transforms)."""
+    h, w, _ = rgb.shape
+    ph, pw = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+    padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    return torch.from_numpy(padded).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def _check_rate(layers, bpp, nbytes):
+    if sum(v is not None for v in (layers, bpp, nbytes)) > 1:
+        raise SiccError("give at most one of layers, bpp, bytes")
+    if bpp is not None and not bpp > 0:
+        raise SiccError("bpp must be positive")
+    if nbytes is not None and nbytes < 1:
+        raise SiccError("bytes must be positive")
+
+
+def encode_image(image, *, weights: Path | None = None, layers: int | None = None, bpp: float | None = None,
+                 nbytes: int | None = None, strip: bool = False) -> bytes:
+    """Encode an image (PIL image, path or encoded bytes) to `.sic` bytes. A rate option keeps only
+    the largest prefix of layers that fits it."""
+    _check_rate(layers, bpp, nbytes)
+    src = _source(image)
+    codec = load_codec(weights)
+    h, w, _ = src.rgb.shape
+    payloads = codec.encode(_padded_tensor(src.rgb))
+    extras = {}
+    if src.alpha is not None:
+        extras[container.TAG_ALPHA] = pack_alpha(src.alpha)
+    if not strip:
+        if src.icc_profile:
+            extras[container.TAG_ICC] = src.icc_profile
+        if src.exif:
+            extras[container.TAG_EXIF] = src.exif
+    header = Header(codec.weights_id, w, h, src.mode, src.bit_depth, codec.layers_total, (), extras)
+    data = container.pack(header, payloads)
+    if layers is None and bpp is None and nbytes is None:
+        return data
+    return truncate(data, layers=layers, bpp=bpp, nbytes=nbytes)
+
+
+def codec_for(header: Header, weights: Path | None = None):
+    """The codec that made this file: `weights` if given (refused if its id differs), else the
+    shipped weights whose id the header records."""
+    if weights is not None:
+        codec = load_codec(weights)
+        if codec.weights_id != header.weights_id:
+            raise SiccError(f"made with weights {header.weights_id.hex()}, but {weights} is {codec.weights_id.hex()}")
+        return codec
+    path = find_weights_by_id(header.weights_id)
+    if path is None:
+        raise SiccError(f"made with weights {header.weights_id.hex()}, which this sicc does not ship; pass --weights FILE")
+    return load_codec(path)
+
+
+def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None = None, bpp: float | None = None,
+                 nbytes: int | None = None, allow_partial: bool = False, sample: bool = False,
+                 seed: int | None = None, device: str = "cpu") -> Image.Image:
+    """Decode `.sic` bytes to a PIL image (mode per imageio's table; ICC/EXIF in `img.info`).
+
+    `sample` fills the missing slices with a random synonymous latent (seeded) instead of the means."""
+    _check_rate(layers, bpp, nbytes)
+    cont = container.parse(data)
+    if cont.problem and not (allow_partial and cont.intact):
+        hint = "; --allow-partial decodes the intact layers" if cont.intact else ""
+        raise SiccError(cont.problem + hint)
+    header = cont.header
+    k = min(choose_layer_count(header, layers, bpp, nbytes), cont.intact)
+    codec = codec_for(header, weights).to(device)
+    hp, wp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
+    x = codec.decode(list(cont.payloads[:k]), hp, wp, fill="sample" if sample else "mean", seed=seed)
+    rgb = x[0, :, : header.height, : header.width].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    alpha = unpack_alpha(header.alpha, header.width, header.height) if header.alpha else None
+    img = to_pil(np.ascontiguousarray(rgb), alpha, header.mode)
+    if header.icc_profile:
+        img.info["icc_profile"] = header.icc_profile
+    if header.exif:
+        img.info["exif"] = header.exif
+    return img
+
+
+def truncate(data: bytes, *, layers: int | None = None, bpp: float | None = None, nbytes: int | None = None) -> bytes:
+    """A valid smaller `.sic` keeping the first layers, without re-encoding."""
+    _check_rate(layers, bpp, nbytes)
+    cont = container.parse(data)
+    if cont.problem:
+        raise SiccError(cont.problem)
+    return keep_layers(cont, choose_layer_count(cont.header, layers, bpp, nbytes))

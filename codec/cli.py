@@ -1,0 +1,309 @@
+"""The `sicc` command line (SPEC §1): a thin layer of paths, atomic writes and error reporting over
+the library API. Heavy imports (torch) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from .errors import SiccError
+
+STDIO = "-"
+
+
+def _fail(name: str, reason: str):
+    click.echo(f"sicc: error: {name}: {reason}", err=True)
+
+
+@dataclass
+class Job:
+    source: str  # a path or "-"
+    target: str  # a path or "-"
+
+
+def write_atomic(target: str, data: bytes, force: bool):
+    """Write via a temp file in the target's folder and a rename: never a partial file, never an
+    existing file replaced without `force`."""
+    if target == STDIO:
+        if sys.stdout.isatty():
+            raise SiccError("refusing to write binary data to a terminal")
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(target)
+    if path.exists() and not force:
+        raise SiccError("output exists (use --force to overwrite)")
+    if path.is_dir():
+        raise SiccError("output is a directory")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_input(source: str) -> bytes:
+    if source == STDIO:
+        return sys.stdin.buffer.read()
+    p = Path(source)
+    if p.is_dir():
+        raise SiccError("is a directory")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise SiccError(e.strerror or str(e)) from None
+
+
+def plan_jobs(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[Job]:
+    """One input: `-o` names the file (default: input stem + suffix, stdout for stdin). Several
+    inputs: `-o` is a directory (created if needed; default: beside each input)."""
+    if len(inputs) == 1:
+        src = inputs[0]
+        if output is not None:
+            target = output
+        elif src == STDIO:
+            target = STDIO
+        else:
+            target = str(Path(src).with_suffix(suffix))
+        if output is not None and output != STDIO and Path(output).is_dir():
+            target = str(Path(output) / (Path(src).stem + suffix)) if src != STDIO else output
+        return [Job(src, target)]
+    if STDIO in inputs or output == STDIO:
+        raise click.UsageError("'-' (stdin/stdout) works with a single input only")
+    if output is not None:
+        if Path(output).exists() and not Path(output).is_dir():
+            raise click.UsageError(f"with several inputs, -o must be a directory: {output}")
+        Path(output).mkdir(parents=True, exist_ok=True)
+    return [Job(s, str((Path(output) if output else Path(s).parent) / (Path(s).stem + suffix))) for s in inputs]
+
+
+def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, label: str) -> int:
+    """Run `work(job)` for every job (in `workers` threads), report failures one line each, and
+    return the exit code: 0 if all succeeded, 1 otherwise."""
+    import torch
+
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    seen: dict[str, str] = {}
+    failures: list[str] = []
+
+    def guarded(job: Job) -> str | None:
+        try:
+            if job.target != STDIO:
+                key = os.path.abspath(job.target)
+                if seen.setdefault(key, job.source) != job.source:
+                    raise SiccError(f"output {job.target} is also the output of {seen[key]}")
+            work(job)
+            return None
+        except SiccError as e:
+            return str(e)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - one line per failed file, traceback only with --debug
+            if debug:
+                traceback.print_exc()
+            return f"{type(e).__name__}: {e}"
+
+    show = not quiet and sys.stderr.isatty() and len(jobs) > 1
+    from rich.progress import Progress
+
+    with Progress(disable=not show, transient=True) as bar:
+        task = bar.add_task(label, total=len(jobs))
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for job, err in zip(jobs, pool.map(guarded, jobs)):
+                bar.advance(task)
+                if err is not None:
+                    name = "<stdin>" if job.source == STDIO else job.source
+                    _fail(name, err)
+                    failures.append(name)
+    if failures and len(jobs) > 1:
+        click.echo(f"sicc: {len(failures)} of {len(jobs)} inputs failed: {', '.join(failures)}", err=True)
+    return 1 if failures else 0
+
+
+def _rate_options(f):
+    f = click.option("--bytes", "nbytes", type=click.IntRange(min=1), help="Largest prefix within N bytes.")(f)
+    f = click.option("--bpp", type=click.FloatRange(min=0, min_open=True), help="Largest prefix within X bits per pixel.")(f)
+    f = click.option("--layers", type=click.IntRange(min=1), help="Keep layers 1..K.")(f)
+    return f
+
+
+def _one_rate(layers, bpp, nbytes, required=False):
+    given = sum(v is not None for v in (layers, bpp, nbytes))
+    if given > 1:
+        raise click.UsageError("give at most one of --layers, --bpp, --bytes")
+    if required and not given:
+        raise click.UsageError("give one of --layers, --bpp, --bytes")
+
+
+_debug_option = click.option("--debug", is_flag=True, help="Show tracebacks.")
+_weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+                               help="Weights file (default: the shipped weights recorded in the file).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sicc")
+def cli():
+    """sicc: a learned progressive image codec. Encode once, serve every rate."""
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", help="Output file (one input) or directory (several).")
+@_rate_options
+@_weights_option
+@click.option("-j", "--jobs", default=1, type=click.IntRange(min=1), help="Files coded in parallel.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@click.option("--strip", is_flag=True, help="Drop ICC profile and EXIF.")
+@_debug_option
+def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, strip, debug):
+    """Encode images to .sic files."""
+    _one_rate(layers, bpp, nbytes)
+    from .api import encode_image
+    from .weights import load_codec
+
+    plan = plan_jobs(inputs, output, ".sic")
+    try:
+        load_codec(weights)  # a bad weights file fails once, before any input
+    except SiccError as e:
+        _fail(str(weights or "default weights"), str(e))
+        sys.exit(1)
+
+    def work(job: Job):
+        data = encode_image(read_input(job.source), weights=weights, layers=layers, bpp=bpp, nbytes=nbytes, strip=strip)
+        write_atomic(job.target, data, force)
+
+    sys.exit(run_jobs(plan, work, jobs, quiet, debug, "encoding"))
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", help="Output image (one input; format from the suffix, PNG by default) or directory.")
+@_rate_options
+@click.option("--sample", is_flag=True, help="Synonymous decode: fill missing layers with a random valid latent.")
+@click.option("--seed", type=int, default=None, help="Seed for --sample (default 0).")
+@_weights_option
+@click.option("--allow-partial", is_flag=True, help="Decode the intact layers of a cut or damaged file.")
+@click.option("-j", "--jobs", default=1, type=click.IntRange(min=1), help="Files decoded in parallel.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display.")
+@_debug_option
+def decode(inputs, output, layers, bpp, nbytes, sample, seed, weights, allow_partial, jobs, force, quiet, debug):
+    """Decode .sic files to images."""
+    _one_rate(layers, bpp, nbytes)
+    if seed is not None and not sample:
+        raise click.UsageError("--seed needs --sample")
+    from .api import decode_image
+    from .imageio import image_bytes, output_format
+
+    plan = plan_jobs(inputs, output, ".png")
+
+    def work(job: Job):
+        img = decode_image(read_input(job.source), weights=weights, layers=layers, bpp=bpp, nbytes=nbytes,
+                           allow_partial=allow_partial, sample=sample, seed=seed)
+        write_atomic(job.target, image_bytes(img, output_format(None if job.target == STDIO else job.target)), force)
+
+    sys.exit(run_jobs(plan, work, jobs, quiet, debug, "decoding"))
+
+
+@cli.command()
+@click.argument("input")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def info(input, as_json):
+    """Describe a .sic file: size, layers, rate per prefix, weights."""
+    from .container import describe
+
+    try:
+        d = describe(read_input(input))
+    except SiccError as e:
+        _fail(input, str(e))
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    click.echo(f"{input}: {d['width']}x{d['height']} {d['mode']}, {d['file_bytes']} bytes, {d['bpp']} bpp, "
+               f"{d['layers_present']} of {d['layers_total']} layers, weights {d['weights']}")
+    for row in d["layers"]:
+        flag = "" if row["intact"] else "  (damaged or missing)"
+        click.echo(f"  layer {row['index']:>2}: {row['bytes']:>9} bytes  prefix {row['cumulative_bytes']:>9} bytes"
+                   f"  {row['bpp']:.4f} bpp{flag}")
+    if d["problem"]:
+        click.echo(f"  problem: {d['problem']}")
+
+
+@cli.command()
+@click.argument("input")
+@click.option("-o", "--output", required=True, help="Output .sic file ('-' for stdout).")
+@_rate_options
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing output.")
+def truncate(input, output, layers, bpp, nbytes, force):
+    """Keep a prefix of layers: a valid smaller .sic, without re-encoding."""
+    _one_rate(layers, bpp, nbytes, required=True)
+    from .api import truncate as truncate_bytes
+
+    try:
+        write_atomic(output, truncate_bytes(read_input(input), layers=layers, bpp=bpp, nbytes=nbytes), force)
+    except SiccError as e:
+        _fail(input, str(e))
+        sys.exit(1)
+
+
+@cli.group()
+def train():
+    """Train the weights sicc ships."""
+
+
+@train.command("codec")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--steps", default=100_000, type=click.IntRange(min=1))
+@click.option("--batch-size", default=8, type=click.IntRange(min=1))
+@click.option("--patch-size", default=128, type=click.IntRange(min=64))
+@click.option("--lr", default=1e-3, type=float)
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="checkpoint.pt (full state) or a weights .safetensors (model only).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
+@click.option("--max-minutes", type=float, help="Stop after this long (the last 15 % at lr/10).")
+@click.option("--seed", default=0, type=int)
+@click.option("--small", is_flag=True, help="A tiny model, for tests and smoke runs.")
+@click.option("-q", "--quiet", is_flag=True)
+def train_codec_cmd(data_dir, out_dir, steps, batch_size, patch_size, lr, resume, threads, max_minutes, seed, small, quiet):
+    """Train the progressive codec on random crops of the images under DATA_DIR."""
+    from .model import TINY_CONFIG
+    from .train import train_codec
+
+    if patch_size % 64:
+        raise click.UsageError("--patch-size must be a multiple of 64")
+    cfg = TINY_CONFIG if small else None
+    try:
+        path = train_codec(data_dir, out_dir, steps, batch_size, patch_size, lr, resume, threads, seed,
+                           cfg=cfg, progress=not quiet and sys.stderr.isatty(), max_minutes=max_minutes)
+    except SiccError as e:
+        _fail(str(data_dir), str(e))
+        sys.exit(1)
+    click.echo(f"weights: {path}")
+
+
+def main():
+    try:
+        cli.main(prog_name="sicc")
+    except KeyboardInterrupt:
+        click.echo("sicc: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,93 @@
+"""Image tensor <-> layer payloads: the network joined to the entropy coder, without any file format.
+
+Layer 1 codes z, layer 1 + k codes slice k. Every probability table index and every mean comes from
+the exact integer path (exact.py), so the decoder rebuilds the encoder's tables bit for bit; only
+the analysis and synthesis transforms run in float (on any device).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .entropy import VALUE_LIMIT, SymbolTables, decode_values, encode_values
+from .errors import SiccError
+from .exact import ONE, from_fixed
+from .model import PAD_MULTIPLE, SCALE_MIN, ExactEntropyModel, ProgressiveCodec
+
+FILLS = ("mean", "sample")
+
+
+class LatentCodec:
+    def __init__(self, model: ProgressiveCodec, gaussian: SymbolTables, scale_bounds: torch.Tensor,
+                 z_tables: SymbolTables, weights_id: bytes):
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.exact = ExactEntropyModel(model)
+        self.gaussian = gaussian
+        self.scale_bounds = scale_bounds.to(torch.float64).contiguous()
+        self.z_tables = z_tables
+        self.weights_id = weights_id
+        self.device = torch.device("cpu")
+
+    @property
+    def layers_total(self) -> int:
+        return self.cfg.layers_total
+
+    def to(self, device) -> "LatentCodec":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def _scale_index(self, scale_fixed: torch.Tensor) -> np.ndarray:
+        return torch.searchsorted(self.scale_bounds, scale_fixed.contiguous()).numpy()
+
+    def _z_index(self, shape) -> np.ndarray:
+        return np.broadcast_to(np.arange(self.cfg.Z).reshape(1, -1, 1, 1), shape)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> list[bytes]:
+        """x: [1, 3, H, W] in [0, 1], H and W multiples of PAD_MULTIPLE -> one payload per layer."""
+        y = self.model.g_a(x.to(self.device))
+        z = self.model.h_a(y)
+        medians = self.model.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
+        z_sym = torch.round(z - medians).clamp(-VALUE_LIMIT, VALUE_LIMIT).cpu()
+        layers = [encode_values(z_sym.numpy(), self._z_index(z_sym.shape), self.z_tables)]
+        hyper = self.exact.hyper(z_sym)
+        decoded: list[torch.Tensor] = []
+        for k, y_k in enumerate(y.split(list(self.cfg.slices), dim=1)):
+            mean, scale = self.exact.slice_params(k, hyper, decoded)
+            sym = torch.round(y_k.cpu().double() - mean / ONE).clamp(-VALUE_LIMIT, VALUE_LIMIT)
+            layers.append(encode_values(sym.numpy(), self._scale_index(scale), self.gaussian))
+            decoded.append(sym * ONE + mean)
+        return layers
+
+    @torch.inference_mode()
+    def decode(self, payloads: list[bytes], height: int, width: int, fill: str = "mean",
+               seed: int | None = None) -> torch.Tensor:
+        """Payloads of layers 1..K (K >= 1) -> [1, 3, height, width] in [0, 1] on the codec's device.
+
+        Slices not transmitted are filled slice by slice: "mean" uses the predicted mean (best MSE),
+        "sample" draws mean + round(scale * N(0, 1)), a different valid latent per seed."""
+        if not 1 <= len(payloads) <= self.layers_total:
+            raise SiccError(f"need 1 to {self.layers_total} layers, got {len(payloads)}")
+        if fill not in FILLS or height % PAD_MULTIPLE or width % PAD_MULTIPLE:
+            raise ValueError("bad fill or unpadded size")
+        zh, zw = height // PAD_MULTIPLE, width // PAD_MULTIPLE
+        z_sym = decode_values(payloads[0], self._z_index((1, self.cfg.Z, zh, zw)), self.z_tables)
+        hyper = self.exact.hyper(torch.from_numpy(z_sym))
+        rng = torch.Generator().manual_seed(0 if seed is None else seed)
+        decoded: list[torch.Tensor] = []
+        for k in range(len(self.cfg.slices)):
+            mean, scale = self.exact.slice_params(k, hyper, decoded)
+            if k + 1 < len(payloads):
+                sym = decode_values(payloads[k + 1], self._scale_index(scale), self.gaussian)
+                decoded.append(torch.from_numpy(sym).to(torch.float64) * ONE + mean)
+            elif fill == "sample":
+                sigma = scale.clamp(min=SCALE_MIN * ONE) / ONE
+                noise = torch.randn(mean.shape, generator=rng, dtype=torch.float64)
+                decoded.append(mean + ONE * torch.round(sigma * noise))
+            else:
+                decoded.append(mean)
+        y_hat = from_fixed(torch.cat(decoded, dim=1)).to(self.device)
+        return self.model.g_s(y_hat).clamp_(0.0, 1.0)

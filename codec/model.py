@@ -1,0 +1,186 @@
+"""The progressive codec network (SPEC §3): GDN transforms, a hyperprior, and a channel-conditional
+mean-scale model over uneven latent slices. Level k transmits z and slices 1..k; the decoder fills
+the missing slices from their predicted means.
+
+This module is the float (training) network. The entropy-parameter path used for real bitstreams is
+its exact integer copy, built by `ExactEntropyModel`; nothing here knows about files or bit streams.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from compressai.layers import GDN
+from compressai.ops import LowerBound, quantize_ste
+from torch import nn
+
+from .exact import ONE, IntSequential, to_fixed
+
+SCALE_MIN = 0.11  # lower bound of the Gaussian scales, as in CompressAI
+LIKELIHOOD_MIN = 1e-9
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    N: int = 96  # channels of the image transforms
+    M: int = 192  # latent channels
+    Z: int = 96  # hyper-latent channels
+    hyper: int = 128  # features the hyper-synthesis hands to every slice network
+    slices: tuple[int, ...] = (8, 8, 16, 16, 24, 32, 40, 48)  # uneven: small first layers, low rates
+    slice_hidden: tuple[int, int] = (128, 96)
+
+    def __post_init__(self):
+        if sum(self.slices) != self.M:
+            raise ValueError(f"slices {self.slices} do not add up to M={self.M}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        d = json.loads(text)
+        d["slices"] = tuple(d["slices"])
+        d["slice_hidden"] = tuple(d["slice_hidden"])
+        return cls(**d)
+
+    @property
+    def layers_total(self) -> int:
+        """Layers of a full file: z, then one per slice."""
+        return 1 + len(self.slices)
+
+
+# A tiny model for tests and smoke runs (untrained it still codes exactly).
+TINY_CONFIG = ModelConfig(N=16, M=32, Z=16, hyper=16, slices=(8, 8, 16), slice_hidden=(16, 16))
+
+# The whole network downsamples by 64 (16 for y, 4 more for z): images are padded to a multiple of it.
+PAD_MULTIPLE = 64
+
+
+def _conv(cin, cout, k=5, stride=2):
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def _deconv(cin, cout, k=5, stride=2):
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+
+
+def _upconv(cin, cout):
+    """Sub-pixel x2 upsampling: exact in integer arithmetic, unlike a transposed conv's overlaps."""
+    return [nn.Conv2d(cin, cout * 4, 3, padding=1), nn.PixelShuffle(2)]
+
+
+class ProgressiveCodec(nn.Module):
+    def __init__(self, cfg: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.cfg = cfg
+        N, M, Z = cfg.N, cfg.M, cfg.Z
+        self.g_a = nn.Sequential(
+            _conv(3, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M)
+        )
+        self.g_s = nn.Sequential(
+            _deconv(M, N), GDN(N, inverse=True), _deconv(N, N), GDN(N, inverse=True),
+            _deconv(N, N), GDN(N, inverse=True), _deconv(N, 3),
+        )
+        self.h_a = nn.Sequential(
+            _conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), _conv(N, N), nn.LeakyReLU(inplace=True), _conv(N, Z)
+        )
+        # Conv/ReLU/PixelShuffle only: these two get exact integer copies (see exact.py).
+        self.h_s = nn.Sequential(
+            *_upconv(Z, N), nn.ReLU(), *_upconv(N, N), nn.ReLU(), nn.Conv2d(N, cfg.hyper, 3, padding=1), nn.ReLU()
+        )
+        h1, h2 = cfg.slice_hidden
+        self.slice_nets = nn.ModuleList()
+        for k, size in enumerate(cfg.slices):
+            cin = cfg.hyper + sum(cfg.slices[:k])
+            self.slice_nets.append(nn.Sequential(
+                nn.Conv2d(cin, h1, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(h1, h2, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(h2, 2 * size, 3, padding=1),
+            ))
+        self.entropy_bottleneck = EntropyBottleneck(Z)
+        self.scale_bound = LowerBound(SCALE_MIN)
+
+    # -- float path (training, estimates) ---------------------------------------------------------
+
+    def slice_params(self, k: int, hyper: torch.Tensor, previous: list[torch.Tensor]):
+        out = self.slice_nets[k](torch.cat([hyper, *previous], dim=1))
+        mean, scale = out.chunk(2, dim=1)
+        return mean, scale
+
+    def gaussian_likelihood(self, residual: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """P(round(residual) = value) for a zero-mean Gaussian of the given scale, integer bins."""
+        scale = self.scale_bound(scale)
+        v = residual.abs()
+        upper = torch.special.ndtr((0.5 - v) / scale)
+        lower = torch.special.ndtr((-0.5 - v) / scale)
+        return (upper - lower).clamp_min(LIKELIHOOD_MIN)
+
+    def forward(self, x: torch.Tensor, level: int | None = None) -> dict:
+        """Training pass. Returns the full reconstruction and, for `level` (slices transmitted,
+        0..len(slices)), the reconstruction with the missing slices filled by their means.
+        Likelihoods: "z" and one tensor per slice (noisy-quantisation proxy)."""
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_hat, z_lik = self.entropy_bottleneck(z)
+        hyper = self.h_s(z_hat)
+        y_slices = y.split(list(self.cfg.slices), dim=1)
+        y_hat: list[torch.Tensor] = []
+        liks = []
+        for k, y_k in enumerate(y_slices):
+            mean, scale = self.slice_params(k, hyper, y_hat)
+            noisy = y_k + torch.empty_like(y_k).uniform_(-0.5, 0.5) if self.training else torch.round(y_k - mean) + mean
+            liks.append(self.gaussian_likelihood(noisy - mean, scale))
+            y_hat.append(quantize_ste(y_k - mean) + mean)
+        out = {"x_full": self.g_s(torch.cat(y_hat, dim=1)), "likelihoods": {"z": z_lik, "y": liks}}
+        if level is not None and level < len(y_slices):
+            filled = y_hat[:level]
+            for k in range(level, len(y_slices)):
+                mean, _ = self.slice_params(k, hyper, filled)
+                filled.append(mean)
+            out["x_level"] = self.g_s(torch.cat(filled, dim=1))
+        return out
+
+    def aux_loss(self) -> torch.Tensor:
+        return self.entropy_bottleneck.loss()
+
+
+def bits(likelihoods: torch.Tensor) -> torch.Tensor:
+    return -torch.log2(likelihoods).sum()
+
+
+class ExactEntropyModel:
+    """The integer copy of the entropy-parameter path: hyper-synthesis and slice networks.
+
+    Inputs and outputs are fixed-point integers (see exact.py): hyper features from z symbols, and
+    for slice k the predicted mean and scale from the hyper features and the decoded slices < k.
+    """
+
+    def __init__(self, model: ProgressiveCodec):
+        self.cfg = model.cfg
+        self.h_s = IntSequential(model.h_s)
+        self.slice_nets = [IntSequential(net) for net in model.slice_nets]
+        self.z_median = to_fixed(model.entropy_bottleneck._get_medians().reshape(-1))
+
+    def hyper(self, z_symbols: torch.Tensor) -> torch.Tensor:
+        """z symbols [1, Z, h, w] (integers, relative to the medians) -> fixed-point hyper features."""
+        z_fixed = z_symbols.to(torch.float64) * ONE + self.z_median[None, :, None, None]
+        return self.h_s(z_fixed)
+
+    def slice_params(self, k: int, hyper: torch.Tensor, previous: list[torch.Tensor]):
+        out = self.slice_nets[k](torch.cat([hyper, *previous], dim=1))
+        mean, scale = out.chunk(2, dim=1)
+        return mean, scale
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def level_lambdas(levels: int, low: float = 0.0018, high: float = 0.18) -> list[float]:
+    """Rate-distortion weights for levels 0..levels (slices transmitted), geometric from q1 to q8 of
+    CompressAI's zoo; the loss uses lambda * 255**2 * MSE for images in [0, 1]."""
+    return [low * math.exp(math.log(high / low) * k / levels) for k in range(levels + 1)]

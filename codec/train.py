@@ -1,0 +1,163 @@
+"""`sicc train codec`: the progressive rate-distortion objective of SIC (SPEC §3) on random crops.
+
+Each step picks a level k round-robin (slices transmitted, 0..S-1) and minimises
+    0.5 * [R_all + lam_S * 255^2 * MSE(x, x_full)] + 0.5 * [R_<=k + lam_k * 255^2 * MSE(x, x_k)]
+where x_k fills the missing slices with their predicted means, exactly as the plain decoder does, and
+lam_k runs geometrically over CompressAI's q1..q8 range. Rates are in bits per pixel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .data import CropSampler
+from .model import ModelConfig, ProgressiveCodec, bits, level_lambdas
+
+
+def _atomic_torch_save(obj, path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class _checkpoint_on_interrupt:
+    """Ctrl-C (or SIGTERM turned into KeyboardInterrupt) saves a checkpoint before leaving."""
+
+    def __init__(self, save):
+        self.save = save
+
+    def __enter__(self):
+        import signal
+
+        self.previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def __exit__(self, exc_type, exc, tb):
+        import signal
+
+        signal.signal(signal.SIGTERM, self.previous)
+        if exc_type is KeyboardInterrupt:
+            self.save()
+        return False
+
+
+def split_parameters(model: ProgressiveCodec):
+    main, aux = [], []
+    for name, p in model.named_parameters():
+        (aux if name.endswith("quantiles") else main).append(p)
+    return main, aux
+
+
+def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float]) -> dict:
+    out = model(x, level)
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    z_bits = bits(out["likelihoods"]["z"])
+    y_bits = [bits(l) for l in out["likelihoods"]["y"]]
+    rate_full = (z_bits + sum(y_bits)) / pixels
+    rate_level = (z_bits + sum(y_bits[:level])) / pixels
+    mse_full = torch.mean((out["x_full"] - x) ** 2)
+    mse_level = torch.mean((out["x_level"] - x) ** 2)
+    S = len(model.cfg.slices)
+    loss = 0.5 * (rate_full + lambdas[S] * 255**2 * mse_full) + 0.5 * (rate_level + lambdas[level] * 255**2 * mse_level)
+    return {
+        "loss": loss, "bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
+    }
+
+
+def psnr(mse: float) -> float:
+    return -10 * math.log10(max(mse, 1e-12))
+
+
+def train_codec(
+    data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 1e-3,
+    resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
+    log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
+    max_minutes: float | None = None,
+):
+    """Train (or resume) and export `out_dir/weights.safetensors`. With `max_minutes`, stop when the
+    time is up and train the last 15 % of that time at a tenth of the learning rate."""
+    from .weights import export_weights, load_float_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    state = None
+    if resume is not None and Path(resume).suffix == ".pt":
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        cfg = ModelConfig.from_json(state["config"])
+        model = ProgressiveCodec(cfg)
+        model.load_state_dict(state["model"])
+    elif resume is not None:
+        model = load_float_model(Path(resume))
+        cfg = model.cfg
+    else:
+        cfg = cfg or ModelConfig()
+        model = ProgressiveCodec(cfg)
+    main, aux = split_parameters(model)
+    opt = torch.optim.Adam(main, lr=lr)
+    aux_opt = torch.optim.Adam(aux, lr=1e-3)
+    step = 0
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        aux_opt.load_state_dict(state["aux_opt"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        step = state["step"]
+    sampler = CropSampler(data_dir, patch_size, seed=seed + step)
+    lambdas = level_lambdas(len(cfg.slices))
+    log = open(out_dir / "log.jsonl", "a")
+    model.train()
+    t0, last_ckpt = time.time(), time.time()
+    S = len(cfg.slices)
+
+    def checkpoint():
+        _atomic_torch_save(
+            {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
+             "aux_opt": aux_opt.state_dict(), "step": step}, out_dir / "checkpoint.pt")
+        export_weights(model, out_dir / "weights.safetensors")
+
+    from rich.progress import Progress
+
+    with Progress(disable=not progress) as bar, _checkpoint_on_interrupt(checkpoint):
+        task = bar.add_task("training", total=steps, completed=step)
+        while step < steps:
+            elapsed_min = (time.time() - t0) / 60
+            if max_minutes is not None:
+                if elapsed_min > max_minutes:
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = lr / 10 if elapsed_min > 0.85 * max_minutes else lr
+            level = step % S
+            x = sampler.batch(batch_size)
+            terms = progressive_loss(model, x, level, lambdas)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(main, 1.0)
+            opt.step()
+            aux_loss = model.aux_loss()
+            aux_opt.zero_grad(set_to_none=True)
+            aux_loss.backward()
+            aux_opt.step()
+            step += 1
+            bar.update(task, completed=step)
+            if step % log_every == 0 or step == steps:
+                rec = {"step": step, "time_s": round(time.time() - t0, 1), "level": level,
+                       "loss": round(terms["loss"].item(), 4), "bpp_full": round(terms["bpp_full"].item(), 4),
+                       "psnr_full": round(psnr(terms["mse_full"].item()), 3),
+                       "bpp_level": round(terms["bpp_level"].item(), 4),
+                       "psnr_level": round(psnr(terms["mse_level"].item()), 3), "aux": round(aux_loss.item(), 2)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if time.time() - last_ckpt > checkpoint_minutes * 60:
+                checkpoint()
+                last_ckpt = time.time()
+    checkpoint()
+    log.close()
+    return out_dir / "weights.safetensors"

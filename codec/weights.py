@@ -1,0 +1,192 @@
+"""Weights files: fp16 safetensors holding the float network, its integer probability tables and its
+configuration. A file's id (first 16 bytes of its SHA-256) is what `.sic` headers record."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_numpy
+from safetensors.torch import save as save_torch
+
+from .entropy import SymbolTables
+from .errors import SiccError
+from .exact import ONE
+from .model import SCALE_MIN, ModelConfig, ProgressiveCodec
+
+WEIGHTS_FORMAT = "sicc-weights-1"
+DEFAULT_WEIGHTS = "sicc-base.safetensors"
+# Gaussian scale table, as CompressAI's: 64 levels, log-spaced.
+SCALE_LEVELS, SCALE_MAX = 64, 256.0
+GAUSSIAN_TAIL_SIGMAS = 5.0  # table support is +-(5 sigma + 1); values beyond it are escaped
+Z_TABLE_MAX = 4096
+_SKIPPED = ("_quantized_cdf", "_offset", "_cdf_length")  # CompressAI's own tables: we ship ours
+
+
+def shipped_weights_dir() -> Path:
+    """The shipped weights: inside an installed wheel they are package `codec.shipped_weights`
+    (pyproject maps it to `weights/`); in a checkout or editable install, `weights/` itself."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "shipped_weights", here.parent / "weights"):
+        if folder.is_dir():
+            return folder
+    raise SiccError("no shipped weights found (broken installation?); pass --weights FILE")
+
+
+def default_weights_path() -> Path:
+    return shipped_weights_dir() / DEFAULT_WEIGHTS
+
+
+def weights_id(path: Path) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()[:16]
+
+
+def find_weights_by_id(wid: bytes) -> Path | None:
+    """A shipped weights file with this id, so files made with any shipped weights decode without flags."""
+    folder = shipped_weights_dir()
+    for p in sorted(folder.glob("*.safetensors")):
+        if weights_id(p) == wid:
+            return p
+    return None
+
+
+def scale_table() -> np.ndarray:
+    return np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS))
+
+
+def gaussian_tables() -> tuple[SymbolTables, np.ndarray]:
+    """Per table scale, the integer pmf of round(N(0, s)); and the fixed-point scale bounds that map
+    a predicted scale to its table: index = number of bounds below it."""
+    pmfs, offsets = [], []
+    for s in scale_table():
+        r = int(math.ceil(GAUSSIAN_TAIL_SIGMAS * s)) + 1
+        v = torch.arange(-r, r + 1, dtype=torch.float64)
+        pmf = torch.special.ndtr((v + 0.5) / s) - torch.special.ndtr((v - 0.5) / s)
+        pmfs.append(pmf.numpy())
+        offsets.append(-r)
+    bounds = np.floor(scale_table()[:-1] * ONE)
+    return SymbolTables.from_pmfs(pmfs, offsets), bounds
+
+
+def z_tables(model: ProgressiveCodec) -> SymbolTables:
+    """Per z channel, the learned factorized density on integers around its median."""
+    eb = model.entropy_bottleneck
+    with torch.no_grad():
+        q = eb.quantiles[:, 0, :].double()
+        med = q[:, 1]
+        minima = torch.ceil(med - q[:, 0]).clamp(0, Z_TABLE_MAX // 2).long()
+        maxima = torch.ceil(q[:, 2] - med).clamp(0, Z_TABLE_MAX // 2).long()
+        pmfs, offsets = [], []
+        for c in range(len(med)):
+            v = torch.arange(-int(minima[c]), int(maxima[c]) + 1, dtype=torch.float32)
+            samples = (v + eb.quantiles[c, 0, 1].float()).reshape(1, 1, -1)
+            pmf, _, _ = eb._likelihood(samples.expand(eb.channels, 1, -1).contiguous(), stop_gradient=True)
+            pmfs.append(pmf[c, 0].double().numpy())
+            offsets.append(-int(minima[c]))
+    return SymbolTables.from_pmfs(pmfs, offsets)
+
+
+def export_weights(model: ProgressiveCodec, path: Path) -> bytes:
+    """Write fp16 weights plus the integer tables computed from exactly those fp16 values. Returns the id."""
+    model = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()
+               if not k.rsplit(".", 1)[-1] in _SKIPPED}
+    gauss, bounds = gaussian_tables()
+    ztab = z_tables(model)
+    for name, tab in (("gaussian", gauss), ("z", ztab)):
+        tensors[f"tables.{name}.counts"] = torch.from_numpy(tab.counts.astype(np.int32))
+        tensors[f"tables.{name}.lengths"] = torch.from_numpy(tab.lengths.astype(np.int32))
+        tensors[f"tables.{name}.offsets"] = torch.from_numpy(tab.offsets.astype(np.int32))
+    tensors["tables.gaussian.scale_bounds"] = torch.from_numpy(bounds.astype(np.int64))
+    meta = {"format": WEIGHTS_FORMAT, "config": model.cfg.to_json()}
+    blob = save_torch(tensors, metadata=meta)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+    return hashlib.sha256(blob).digest()[:16]
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], ModelConfig, bytes]:
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as e:
+        raise SiccError(f"cannot read weights {path}: {e.strerror or e}") from None
+    try:
+        arrays = load_numpy(blob)
+        from safetensors import safe_open  # metadata is only exposed through safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, ValueError, OSError):
+        raise SiccError(f"{path}: not a sicc weights file") from None
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise SiccError(f"{path}: not a sicc weights file (format {meta.get('format')!r})")
+    try:
+        cfg = ModelConfig.from_json(meta["config"])
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+        raise SiccError(f"{path}: weights file has a malformed configuration") from None
+    return arrays, cfg, hashlib.sha256(blob).digest()[:16]
+
+
+def load_float_model(path: Path) -> ProgressiveCodec:
+    arrays, cfg, _ = _read(path)
+    return _float_model(arrays, cfg, path)
+
+
+def _float_model(arrays: dict[str, np.ndarray], cfg: ModelConfig, path: Path) -> ProgressiveCodec:
+    model = ProgressiveCodec(cfg)
+    state = {k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items() if not k.startswith("tables.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:
+        raise SiccError(f"{path}: weights do not fit the model they declare") from None
+    missing = [k for k in missing if k.rsplit(".", 1)[-1] not in _SKIPPED]
+    if missing or unexpected:
+        raise SiccError(f"{path}: weights do not fit the model they declare")
+    return model.eval()
+
+
+def _tables(arrays, name) -> SymbolTables:
+    try:
+        tab = SymbolTables(arrays[f"tables.{name}.counts"], arrays[f"tables.{name}.lengths"],
+                           arrays[f"tables.{name}.offsets"])
+    except KeyError:
+        raise SiccError("weights file lacks its probability tables") from None
+    tab.validate()
+    return tab
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int, size: int):
+    from .latent import LatentCodec
+
+    arrays, cfg, wid = _read(Path(path))
+    model = _float_model(arrays, cfg, Path(path))
+    gauss = _tables(arrays, "gaussian")
+    ztab = _tables(arrays, "z")
+    if len(ztab.lengths) != cfg.Z or len(gauss.lengths) != SCALE_LEVELS:
+        raise SiccError(f"{path}: probability tables do not fit the model")
+    bounds = torch.from_numpy(arrays["tables.gaussian.scale_bounds"].astype(np.float64))
+    return LatentCodec(model, gauss, bounds, ztab, wid)
+
+
+def load_codec(path: Path | None = None):
+    """The `LatentCodec` of a weights file (default: the shipped default weights); cached."""
+    path = Path(path) if path is not None else default_weights_path()
+    try:
+        st = path.stat()
+    except OSError:
+        raise SiccError(f"weights file not found: {path}") from None
+    return _load_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
