@@ -53,7 +53,9 @@ def read_image(data: bytes) -> SourceImage:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise SiccError("not a readable image") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise SiccError(f"image too large (limit {MAX_PIXELS // 10**6} megapixels)") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise SiccError(f"not a readable image ({e})") from None
     check_size(*img.size)
     try:
@@ -97,7 +99,7 @@ def to_pil(rgb: np.ndarray, alpha: np.ndarray | None, mode: str) -> Image.Image:
     if grey:
         img = img.convert("L")
         if mode in _SIXTEEN_BIT:
-            return Image.fromarray(np.asarray(img).astype(np.uint16) * 257, "I;16")
+            return Image.fromarray(np.asarray(img).astype(np.uint16) * 257)  # uint16 -> mode I;16
     if alpha is not None:
         img.putalpha(Image.fromarray(alpha, "L"))
     return img

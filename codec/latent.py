@@ -45,9 +45,13 @@ class LatentCodec:
     def _z_index(self, shape) -> np.ndarray:
         return np.broadcast_to(np.arange(self.cfg.Z).reshape(1, -1, 1, 1), shape)
 
-    @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> list[bytes]:
         """x: [1, 3, H, W] in [0, 1], H and W multiples of PAD_MULTIPLE -> one payload per layer."""
+        return self.encode_latent(x)[0]
+
+    @torch.inference_mode()
+    def encode_latent(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
+        """`encode`, also returning the fixed-point latent y_hat that the decoder will rebuild."""
         y = self.model.g_a(x.to(self.device))
         z = self.model.h_a(y)
         medians = self.model.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
@@ -60,15 +64,22 @@ class LatentCodec:
             sym = torch.round(y_k.cpu().double() - mean / ONE).clamp(-VALUE_LIMIT, VALUE_LIMIT)
             layers.append(encode_values(sym.numpy(), self._scale_index(scale), self.gaussian))
             decoded.append(sym * ONE + mean)
-        return layers
+        return layers, torch.cat(decoded, dim=1)
 
     @torch.inference_mode()
     def decode(self, payloads: list[bytes], height: int, width: int, fill: str = "mean",
                seed: int | None = None) -> torch.Tensor:
-        """Payloads of layers 1..K (K >= 1) -> [1, 3, height, width] in [0, 1] on the codec's device.
+        """Payloads of layers 1..K (K >= 1) -> [1, 3, height, width] in [0, 1] on the codec's device."""
+        y_hat = from_fixed(self.decode_latent(payloads, height, width, fill, seed)).to(self.device)
+        return self.model.g_s(y_hat).clamp_(0.0, 1.0)
+
+    @torch.inference_mode()
+    def decode_latent(self, payloads: list[bytes], height: int, width: int, fill: str = "mean",
+                      seed: int | None = None) -> torch.Tensor:
+        """Payloads -> the fixed-point latent y_hat (exact: identical on every machine).
 
         Slices not transmitted are filled slice by slice: "mean" uses the predicted mean (best MSE),
-        "sample" draws mean + round(scale * N(0, 1)), a different valid latent per seed."""
+        "sample" draws mean + scale * N(0, 1), a different plausible latent per seed."""
         if not 1 <= len(payloads) <= self.layers_total:
             raise SiccError(f"need 1 to {self.layers_total} layers, got {len(payloads)}")
         if fill not in FILLS or height % PAD_MULTIPLE or width % PAD_MULTIPLE:
@@ -86,8 +97,7 @@ class LatentCodec:
             elif fill == "sample":
                 sigma = scale.clamp(min=SCALE_MIN * ONE) / ONE
                 noise = torch.randn(mean.shape, generator=rng, dtype=torch.float64)
-                decoded.append(mean + ONE * torch.round(sigma * noise))
+                decoded.append(mean + torch.round(ONE * sigma * noise))
             else:
                 decoded.append(mean)
-        y_hat = from_fixed(torch.cat(decoded, dim=1)).to(self.device)
-        return self.model.g_s(y_hat).clamp_(0.0, 1.0)
+        return torch.cat(decoded, dim=1)

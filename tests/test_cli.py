@@ -1,0 +1,179 @@
+"""The CLI contract (SPEC §1): outputs, exit codes, one-line errors, no clobbering, batches, pipes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from codec.cli import cli
+
+from .conftest import photo
+
+
+@pytest.fixture
+def run():
+    def invoke(*args, input=None):
+        return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+    return invoke
+
+
+@pytest.fixture
+def images(tmp_path):
+    paths = []
+    for i, size in enumerate([(64, 48), (33, 70), (100, 64)]):
+        p = tmp_path / f"img{i}.png"
+        photo(*size, seed=i).save(p)
+        paths.append(p)
+    return paths
+
+
+def one_error_line(result, *needles):
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert lines and all(l.startswith("sicc") for l in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    for n in needles:
+        assert n in result.stderr, result.stderr
+
+
+def test_encode_decode_default_names(run, images, tiny_weights):
+    src = images[0]
+    r = run("encode", src, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.stderr
+    sic = src.with_suffix(".sic")
+    assert sic.exists()
+    out = src.parent / "back.png"
+    r = run("decode", sic, "-o", out, "--weights", tiny_weights)
+    assert r.exit_code == 0 and Image.open(out).size == (64, 48)
+
+
+def test_never_overwrite_without_force(run, images, tiny_weights):
+    src = images[0]
+    sic = src.with_suffix(".sic")
+    sic.write_bytes(b"precious")
+    r = run("encode", src, "--weights", tiny_weights)
+    assert r.exit_code == 1
+    one_error_line(r, "img0.png", "exists", "--force")
+    assert sic.read_bytes() == b"precious"
+    assert run("encode", src, "--weights", tiny_weights, "-f").exit_code == 0
+    assert sic.read_bytes()[:4] == b"\x89SIC"
+    assert not [p for p in src.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_batch_into_directory_with_a_bad_input(run, images, tiny_weights, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    r = run("encode", *images, bad, tmp_path / "missing.png", "-o", out, "-j", 2, "--weights", tiny_weights)
+    assert r.exit_code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["img0.sic", "img1.sic", "img2.sic"]
+    assert "broken.png" in r.stderr and "missing.png" in r.stderr and "2 of 5 inputs failed" in r.stderr
+    decoded = tmp_path / "decoded"
+    r = run("decode", *sorted(out.iterdir()), "-o", decoded, "-j", 2, "--weights", tiny_weights)
+    assert r.exit_code == 0, r.stderr
+    assert [Image.open(decoded / f"img{i}.png").size for i in range(3)] == [(64, 48), (33, 70), (100, 64)]
+
+
+def test_usage_errors_exit_2(run, images, tiny_weights):
+    assert run("encode", images[0], "--layers", 1, "--bpp", 0.5).exit_code == 2
+    assert run("truncate", images[0], "-o", "x.sic").exit_code == 2  # no rate given
+    assert run("encode").exit_code == 2
+    assert run("decode", "a.sic", "b.sic", "-o", "-").exit_code == 2
+    assert run("encode", images[0], "--layers", 0).exit_code == 2
+
+
+def test_info_json_and_truncate(run, images, tiny_weights, tmp_path):
+    sic = tmp_path / "a.sic"
+    assert run("encode", images[2], "-o", sic, "--weights", tiny_weights).exit_code == 0
+    info = json.loads(run("info", sic, "--json").stdout)
+    assert info["width"] == 100 and info["height"] == 64 and info["file_bytes"] == sic.stat().st_size
+    assert len(info["layers"]) == info["layers_total"] == 4
+    for row in info["layers"]:
+        assert {"bytes", "cumulative_bytes", "bpp"} <= row.keys()
+    small = tmp_path / "b.sic"
+    r = run("truncate", sic, "-o", small, "--layers", 2)
+    assert r.exit_code == 0
+    assert small.stat().st_size == info["layers"][1]["cumulative_bytes"]
+    r = run("truncate", sic, "-o", small, "--layers", 1)
+    assert r.exit_code == 1 and "exists" in r.stderr
+    by_bpp = tmp_path / "c.sic"
+    assert run("truncate", sic, "-o", by_bpp, "--bpp", info["layers"][2]["bpp"]).exit_code == 0
+    assert by_bpp.stat().st_size == info["layers"][2]["cumulative_bytes"]
+    human = run("info", sic)
+    assert human.exit_code == 0 and "100x64" in human.stdout
+
+
+def test_bad_sic_inputs_fail_with_one_line(run, images, tiny_weights, tmp_path):
+    sic = tmp_path / "a.sic"
+    run("encode", images[0], "-o", sic, "--weights", tiny_weights)
+    data = sic.read_bytes()
+    flipped = bytearray(data)
+    flipped[-3] ^= 0x10
+    cases = {
+        "empty.sic": b"", "random.sic": os.urandom(300), "cut.sic": data[: len(data) - 5],
+        "flip.sic": bytes(flipped), "png.sic": images[0].read_bytes(), "head.sic": data[:20],
+    }
+    for name, blob in cases.items():
+        p = tmp_path / name
+        p.write_bytes(blob)
+        out = tmp_path / (name + ".png")
+        r = run("decode", p, "-o", out, "--weights", tiny_weights)
+        assert r.exit_code == 1, name
+        one_error_line(r, name)
+        assert not out.exists()
+    r = run("decode", tmp_path / "cut.sic", "-o", tmp_path / "partial.png", "--weights", tiny_weights,
+            "--allow-partial")
+    assert r.exit_code == 0
+    r = run("decode", tmp_path, "-o", tmp_path / "dir.png", "--weights", tiny_weights)
+    assert r.exit_code == 1 and "directory" in r.stderr
+
+
+def test_wrong_or_corrupt_weights(run, images, tiny_weights, other_weights, tmp_path):
+    sic = tmp_path / "a.sic"
+    run("encode", images[0], "-o", sic, "--weights", tiny_weights)
+    r = run("decode", sic, "-o", tmp_path / "x.png", "--weights", other_weights)
+    assert r.exit_code == 1
+    one_error_line(r, "made with weights")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    r = run("encode", images[0], "-o", tmp_path / "y.sic", "--weights", junk)
+    assert r.exit_code == 1 and "weights" in r.stderr and not (tmp_path / "y.sic").exists()
+
+
+def test_pipes_through_stdin_and_stdout(images, tiny_weights):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    sicc = [sys.executable, "-c", "from codec.cli import main; main()"]
+    enc = subprocess.run(sicc + ["encode", "-", "-o", "-", "--weights", str(tiny_weights)],
+                         input=images[1].read_bytes(), capture_output=True, env=env)
+    assert enc.returncode == 0 and enc.stdout[:4] == b"\x89SIC", enc.stderr
+    dec = subprocess.run(sicc + ["decode", "-", "-o", "-", "--weights", str(tiny_weights)], input=enc.stdout,
+                         capture_output=True, env=env)
+    assert dec.returncode == 0 and dec.stdout[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run(sicc + ["decode", "-", "-o", "-"], input=b"garbage", capture_output=True, env=env)
+    assert bad.returncode == 1 and bad.stderr.decode().strip().count("\n") == 0 and not bad.stdout
+
+
+def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        photo(96, 80, seed=i).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    r = run("train", "codec", data, "--out", out, "--steps", 6, "--batch-size", 2, "--patch-size", 64, "--small", "-q")
+    assert r.exit_code == 0, r.stderr
+    weights = out / "weights.safetensors"
+    logs = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert logs[-1]["step"] == 6 and np.isfinite(logs[-1]["loss"])
+    sic = tmp_path / "t.sic"
+    assert run("encode", images[0], "-o", sic, "--weights", weights).exit_code == 0
+    assert run("decode", sic, "-o", tmp_path / "t.png", "--weights", weights).exit_code == 0
+    # resume continues from the checkpoint
+    r = run("train", "codec", data, "--out", out, "--steps", 8, "--batch-size", 2, "--patch-size", 64,
+            "--resume", out / "checkpoint.pt", "-q")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 8

@@ -1,0 +1,61 @@
+"""The entropy-parameter path is exact: no summation order, thread count or backend changes it."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codec.exact import ONE, IntConv, IntSequential, to_fixed
+from codec.model import ExactEntropyModel
+
+from .conftest import make_tiny_model
+
+
+def _reordered_conv(layer: IntConv, a: torch.Tensor) -> torch.Tensor:
+    """The same integer conv by another algorithm: im2col + matmul with the input channels reversed."""
+    w = layer.weight.flip(1)
+    cols = F.unfold(a.flip(1), w.shape[-2:], padding=layer.padding)  # [B, C*k*k, L]
+    acc = (w.reshape(w.shape[0], -1) @ cols).reshape(a.shape[0], w.shape[0], a.shape[2], a.shape[3])
+    return torch.floor((acc + layer.bias) * layer.inv_scale + 0.5)
+
+
+def test_int_conv_is_independent_of_summation_order():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 8, 3, padding=1)
+    layer = IntConv(conv, relu=False)
+    a = to_fixed(torch.randn(2, 24, 9, 7) * 30)
+    assert torch.equal(layer(a).clamp(-(2.0**24), 2.0**24), _reordered_conv(layer, a))
+
+
+def test_int_conv_tracks_the_float_conv():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(16, 6, 3, padding=1)
+    x = torch.randn(1, 16, 8, 8) * 4
+    exact = IntSequential(nn.Sequential(conv, nn.ReLU()))(to_fixed(x)) / ONE
+    ref = torch.relu(conv(x)).double()
+    assert (exact - ref).abs().max() < 0.05
+
+
+def _params(exact: ExactEntropyModel, z_sym):
+    hyper = exact.hyper(z_sym)
+    prev, out = [], []
+    for k, size in enumerate(exact.cfg.slices):
+        mean, scale = exact.slice_params(k, hyper, prev)
+        prev.append(mean)
+        out += [mean, scale]
+    return out
+
+
+def test_exact_model_is_identical_across_thread_counts():
+    model = make_tiny_model()
+    exact = ExactEntropyModel(model)
+    z_sym = torch.randint(-6, 7, (1, model.cfg.Z, 3, 4))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _params(exact, z_sym)
+        torch.set_num_threads(2)
+        two = _params(exact, z_sym)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    assert all(torch.equal(t, t.round()) for t in one)  # integers throughout
