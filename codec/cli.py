@@ -265,6 +265,35 @@ def truncate(input, output, layers, bpp, nbytes, force):
         sys.exit(1)
 
 
+@cli.command("eval")
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", default="eval-out", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--codecs", default="sicc,jpeg,webp,avif,jxl,j2k", show_default=True,
+              help="Comma-separated: sicc, jpeg, webp, avif, jxl (needs cjxl/djxl), j2k.")
+@_weights_option
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
+@click.option("-q", "--quiet", is_flag=True)
+def eval_cmd(dataset_dir, out_dir, codecs, weights, limit, quiet):
+    """Rate-distortion of every sicc layer prefix against classical codecs: JSON, table, plot, BD-rates."""
+    from .evaluate import CLASSICAL, available, evaluate
+
+    chosen = [c.strip() for c in codecs.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in ("sicc", *CLASSICAL)]
+    if unknown:
+        raise click.UsageError(f"unknown codec(s): {', '.join(unknown)}")
+    for c in [c for c in chosen if not available(c)]:
+        click.echo(f"sicc: {c} is not available here, skipped", err=True)
+        chosen.remove(c)
+    try:
+        result = evaluate(dataset_dir, out_dir, chosen, weights, progress=not quiet and sys.stderr.isatty(), limit=limit)
+    except SiccError as e:
+        _fail(str(dataset_dir), str(e))
+        sys.exit(1)
+    for c, v in result["bd_rate_psnr_vs"].items():
+        click.echo(f"BD-rate (PSNR) of sicc vs {c}: {v:+.1f} %")
+    click.echo(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'rd.png'}")
+
+
 @cli.group()
 def train():
     """Train the weights sicc ships."""

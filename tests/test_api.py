@@ -178,3 +178,10 @@ def test_unreadable_inputs_are_refused(tiny_weights):
 def test_psnr_helper_sanity():
     img = photo(16, 16)
     assert psnr(img, img) == float("inf")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 130), (65, 2), (129, 64)])
+def test_any_size_round_trips(tiny_weights, size):
+    img = photo(*size)
+    out = decode_image(encode_image(img, weights=tiny_weights), weights=tiny_weights)
+    assert out.size == size

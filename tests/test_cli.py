@@ -177,3 +177,29 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
             "--resume", out / "checkpoint.pt", "-q")
     assert r.exit_code == 0, r.stderr
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 8
+
+
+def test_eval_writes_curves_table_and_plot(run, tmp_path, tiny_weights):
+    data = tmp_path / "set"
+    data.mkdir()
+    for i in range(2):
+        photo(64, 48, seed=i).save(data / f"{i}.png")
+    out = tmp_path / "eval"
+    r = run("eval", data, "--out", out, "--codecs", "sicc,jpeg,webp", "--weights", tiny_weights, "-q")
+    assert r.exit_code == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["curves"]) == {"sicc", "jpeg", "webp"}
+    assert len(res["curves"]["sicc"]) == 4 and len(res["rows"]) == 2 * (4 + 11 + 11)
+    jpeg_bpp = [p["bpp"] for p in res["curves"]["jpeg"]]
+    assert jpeg_bpp == sorted(jpeg_bpp) and all(p["psnr"] > 10 for p in res["curves"]["jpeg"])
+    assert (out / "rd.png").stat().st_size > 1000 and "| sicc vs |" in (out / "results.md").read_text()
+    assert run("eval", data, "--codecs", "nope").exit_code == 2
+
+
+def test_bd_rate_of_a_curve_against_itself_and_a_cheaper_one():
+    from codec.evaluate import bd_rate
+
+    curve = [(0.25, 28.0), (0.5, 31.0), (1.0, 34.5), (2.0, 38.0)]
+    assert abs(bd_rate(curve, curve)) < 1e-9
+    cheaper = [(b * 0.8, p) for b, p in curve]
+    assert abs(bd_rate(curve, cheaper) - (-20.0)) < 1e-6

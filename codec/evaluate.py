@@ -1,0 +1,206 @@
+"""`sicc eval`: rate-distortion of sicc (every layer prefix of one encode) against classical codecs.
+
+bpp always comes from real file sizes. For each codec setting the metrics are averaged over the
+images (CompressAI's convention), then BD-rates (Bjøntegaard, cubic fit of log-rate against PSNR)
+of sicc against each classical codec are computed over the PSNR range both curves cover.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data import list_images
+from .errors import SiccError
+
+CLASSICAL = ("jpeg", "webp", "avif", "j2k", "jxl")
+QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
+J2K_RATIOS = (400, 200, 120, 80, 50, 30, 20, 12, 8)
+JXL_DISTANCES = (12.0, 8.0, 5.0, 3.0, 2.0, 1.5, 1.0, 0.6)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM on RGB uint8 images (NaN below the 161-pixel side the 5 scales need)."""
+    if min(a.shape[:2]) < 161:
+        return float("nan")
+    import torch
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    ta = torch.from_numpy(a).permute(2, 0, 1)[None].float()
+    tb = torch.from_numpy(b).permute(2, 0, 1)[None].float()
+    return float(_ms_ssim(ta, tb, data_range=255.0))
+
+
+def _pillow_round_trip(img: Image.Image, fmt: str, **kw) -> tuple[int, np.ndarray, float, float]:
+    buf = io.BytesIO()
+    t0 = time.perf_counter()
+    img.save(buf, fmt, **kw)
+    t1 = time.perf_counter()
+    out = Image.open(io.BytesIO(buf.getvalue()))
+    out.load()
+    t2 = time.perf_counter()
+    return len(buf.getvalue()), np.asarray(out.convert("RGB")), t1 - t0, t2 - t1
+
+
+def _jxl_round_trip(img: Image.Image, distance: float):
+    with tempfile.TemporaryDirectory() as d:
+        src, enc, dec = Path(d) / "in.png", Path(d) / "out.jxl", Path(d) / "out.png"
+        img.save(src)
+        t0 = time.perf_counter()
+        subprocess.run(["cjxl", str(src), str(enc), "-d", str(distance), "--quiet"], check=True, capture_output=True)
+        t1 = time.perf_counter()
+        subprocess.run(["djxl", str(enc), str(dec), "--quiet"], check=True, capture_output=True)
+        t2 = time.perf_counter()
+        return enc.stat().st_size, np.asarray(Image.open(dec).convert("RGB")), t1 - t0, t2 - t1
+
+
+def classical_settings(codec: str):
+    """(label, round-trip function) per rate setting of a classical codec."""
+    if codec == "jpeg":
+        return [(f"q{q}", lambda im, q=q: _pillow_round_trip(im, "JPEG", quality=q)) for q in QUALITIES]
+    if codec == "webp":
+        return [(f"q{q}", lambda im, q=q: _pillow_round_trip(im, "WEBP", quality=q, method=6)) for q in QUALITIES]
+    if codec == "avif":
+        return [(f"q{q}", lambda im, q=q: _pillow_round_trip(im, "AVIF", quality=q, speed=6)) for q in QUALITIES]
+    if codec == "j2k":
+        return [(f"r{r}", lambda im, r=r: _pillow_round_trip(im, "JPEG2000", quality_mode="rates",
+                                                             quality_layers=[r], irreversible=True))
+                for r in J2K_RATIOS]
+    if codec == "jxl":
+        return [(f"d{d}", lambda im, d=d: _jxl_round_trip(im, d)) for d in JXL_DISTANCES]
+    raise SiccError(f"unknown codec {codec!r}")
+
+
+def available(codec: str) -> bool:
+    from PIL import features
+
+    return {"jpeg": features.check("jpg"), "webp": features.check("webp"), "avif": features.check("avif"),
+            "j2k": features.check("jpg_2000"), "jxl": shutil.which("cjxl") is not None
+            and shutil.which("djxl") is not None}.get(codec, True)
+
+
+def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
+    """Bjøntegaard delta rate (%) of `test` against `anchor`, each a list of (bpp, psnr)."""
+    if len(anchor) < 4 or len(test) < 4:
+        return float("nan")
+    ra, pa = np.log([p[0] for p in anchor]), np.array([p[1] for p in anchor])
+    rt, pt = np.log([p[0] for p in test]), np.array([p[1] for p in test])
+    lo, hi = max(pa.min(), pt.min()), min(pa.max(), pt.max())
+    if not hi > lo:
+        return float("nan")
+    ia = np.polyint(np.polyfit(pa, ra, 3))
+    it = np.polyint(np.polyfit(pt, rt, 3))
+    diff = ((np.polyval(it, hi) - np.polyval(it, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo)
+    return float((math.exp(diff) - 1) * 100)
+
+
+def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | None = None,
+             progress: bool = True, limit: int | None = None) -> dict:
+    from rich.progress import Progress
+
+    from . import container
+    from .api import decode_image, encode_image, truncate
+
+    paths = list_images(dataset)[:limit]
+    if not paths:
+        raise SiccError(f"{dataset}: no images")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []  # one per (codec, setting, image)
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("evaluating", total=len(paths) * len(codecs))
+        for path in paths:
+            img = Image.open(path).convert("RGB")
+            ref = np.asarray(img)
+            pixels = img.width * img.height
+            for codec in codecs:
+                if codec == "sicc":
+                    t0 = time.perf_counter()
+                    data = encode_image(img, weights=weights)
+                    t_enc = time.perf_counter() - t0
+                    for k in range(1, len(container.parse(data).header.layers) + 1):
+                        part = truncate(data, layers=k)
+                        t0 = time.perf_counter()
+                        rec = np.asarray(decode_image(part, weights=weights).convert("RGB"))
+                        t_dec = time.perf_counter() - t0
+                        rows.append(dict(codec="sicc", setting=f"L{k}", image=path.name, bytes=len(part),
+                                         bpp=len(part) * 8 / pixels, psnr=psnr(ref, rec), ms_ssim=ms_ssim(ref, rec),
+                                         encode_s=t_enc, decode_s=t_dec))
+                else:
+                    for label, fn in classical_settings(codec):
+                        size, rec, t_enc, t_dec = fn(img)
+                        rows.append(dict(codec=codec, setting=label, image=path.name, bytes=size,
+                                         bpp=size * 8 / pixels, psnr=psnr(ref, rec), ms_ssim=ms_ssim(ref, rec),
+                                         encode_s=t_enc, decode_s=t_dec))
+                bar.advance(task)
+    curves = average_curves(rows)
+    bd = {c: bd_rate(curves[c], curves["sicc"]) for c in curves if c != "sicc" and "sicc" in curves}
+    result = {"dataset": str(dataset), "images": len(paths), "weights": str(weights or "default"),
+              "curves": {c: [dict(zip(("bpp", "psnr", "ms_ssim", "encode_s", "decode_s", "setting"), p)) for p in pts]
+                         for c, pts in curves.items()},
+              "bd_rate_psnr_vs": bd, "rows": rows}
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "results.md").write_text(markdown(result))
+    plot(result, out_dir / "rd.png")
+    return result
+
+
+def average_curves(rows: list[dict]) -> dict[str, list[tuple]]:
+    """Per codec: (bpp, psnr, ms_ssim, encode_s, decode_s, setting) averaged over images, by rising bpp."""
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["codec"], r["setting"]), []).append(r)
+    curves: dict[str, list[tuple]] = {}
+    for (codec, setting), rs in by.items():
+        mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+        curves.setdefault(codec, []).append(
+            (mean("bpp"), mean("psnr"), mean("ms_ssim"), mean("encode_s"), mean("decode_s"), setting))
+    return {c: sorted(pts) for c, pts in curves.items()}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Dataset: `{result['dataset']}` ({result['images']} images), weights: `{result['weights']}`", ""]
+    if result["bd_rate_psnr_vs"]:
+        lines += ["| sicc vs | BD-rate (PSNR) |", "|---|---|"]
+        lines += [f"| {c} | {v:+.1f} % |" for c, v in result["bd_rate_psnr_vs"].items()]
+        lines.append("")
+    lines += ["| codec | setting | bpp | PSNR dB | MS-SSIM | encode s | decode s |", "|---|---|---|---|---|---|---|"]
+    for codec, pts in result["curves"].items():
+        for p in pts:
+            lines.append(f"| {codec} | {p['setting']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} | "
+                         f"{p['encode_s']:.3f} | {p['decode_s']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for codec, pts in result["curves"].items():
+        ax.plot([p["bpp"] for p in pts], [p["psnr"] for p in pts], "o-" if codec == "sicc" else ".-", label=codec,
+                linewidth=2.5 if codec == "sicc" else 1)
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB, RGB)")
+    ax.set_xlim(0, 2.0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{Path(result['dataset']).name}: sicc layers of one file vs classical codecs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

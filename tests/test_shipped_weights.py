@@ -1,0 +1,56 @@
+"""The shipped default weights: found without flags, packaged in the wheel, and progressive on photos."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from codec import container
+from codec.api import decode_image, encode_image, truncate
+from codec.weights import DEFAULT_WEIGHTS, default_weights_path
+
+from .conftest import ROOT, kodak_crop, psnr
+
+pytestmark = pytest.mark.skipif(not default_weights_path().exists(), reason="no shipped weights yet")
+
+
+@pytest.mark.parametrize("name,box", [("kodim23.png", (256, 128, 512, 384)), ("kodim13.png", (0, 0, 320, 200))])
+def test_layers_span_low_to_high_rate_with_rising_psnr(name, box):
+    img = kodak_crop(name, box)
+    data = encode_image(img)
+    h = container.parse(data).header
+    pixels = img.width * img.height
+    bpps, psnrs = [], []
+    for k in range(1, len(h.layers) + 1):
+        part = truncate(data, layers=k)
+        bpps.append(len(part) * 8 / pixels)
+        psnrs.append(psnr(img, decode_image(part)))
+    assert bpps[0] <= 0.2 and bpps[-1] >= 0.8, bpps
+    assert all(b > a for a, b in zip(psnrs, psnrs[1:])), psnrs
+
+
+def test_wheel_carries_the_weights_and_works_from_any_directory(tmp_path):
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheel_dir), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = wheel_dir.glob("sicc-*.whl")
+    assert f"codec/shipped_weights/{DEFAULT_WEIGHTS}" in zipfile.ZipFile(wheel).namelist()
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    # Dependencies from this environment, sicc only from the wheel (no .pth processing of the editable install).
+    deps = [p for p in sys.path if p.endswith("site-packages")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), *deps]), "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": "1"}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    kodak_crop().resize((64, 64)).save(work / "a.png")
+    code = ("import codec, sys; from codec.cli import main; assert 'site' in codec.__file__, codec.__file__;"
+            "sys.argv = ['sicc'] + sys.argv[1:]; main()")
+    for args in (["encode", "a.png"], ["decode", "a.sic", "-o", "b.png"]):
+        r = subprocess.run([sys.executable, "-S", "-c", code, *args], cwd=work, env=env, capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stderr
+    assert np.asarray(__import__("PIL.Image").Image.open(work / "b.png")).shape == (64, 64, 3)
