@@ -26,6 +26,8 @@ ONE = float(2**FRAC_BITS)
 WEIGHT_BITS = 11  # |integer weight| <= 2**WEIGHT_BITS
 ACT_LIMIT = float(2**24)  # |integer activation| <= 2**24, i.e. |v| <= 16384
 _EXACT_LIMIT = 2.0**53
+# Largest unfolded input (elements) one conv call may build: bounds memory on big images.
+_CHUNK_ELEMENTS = 2**24
 
 DTYPE = torch.float64
 DEVICE = torch.device("cpu")
@@ -64,8 +66,19 @@ class IntConv:
         self.relu = relu
         self.shuffle = shuffle
 
+    def _conv(self, a: torch.Tensor) -> torch.Tensor:
+        """The integer convolution, in row bands when the image is large (exact either way)."""
+        cout, cin, kh, kw = self.weight.shape
+        rows = max(1, _CHUNK_ELEMENTS // (cin * kh * kw * a.shape[3]))
+        if rows >= a.shape[2]:
+            return F.conv2d(a, self.weight, padding=self.padding)
+        ph, pw = self.padding
+        padded = F.pad(a, (pw, pw, ph, ph))
+        bands = [F.conv2d(padded[:, :, r : r + rows + 2 * ph], self.weight) for r in range(0, a.shape[2], rows)]
+        return torch.cat(bands, dim=2)
+
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        acc = F.conv2d(a, self.weight, padding=self.padding) + self.bias
+        acc = self._conv(a) + self.bias
         out = torch.floor(acc * self.inv_scale + 0.5).clamp_(-ACT_LIMIT, ACT_LIMIT)
         if self.relu:
             out = out.clamp_(min=0.0)

@@ -14,6 +14,11 @@ from .entropy import VALUE_LIMIT, SymbolTables, decode_values, encode_values
 from .errors import SiccError
 from .exact import ONE, from_fixed
 from .model import PAD_MULTIPLE, SCALE_MIN, ExactEntropyModel, ProgressiveCodec
+from .tiling import apply_tiled
+
+# Tiles for the float transforms on large images: 512 px of output per tile, with context margins
+# wider than the receptive fields (g_a: 61 px; g_s: a few latent positions), so no seams.
+TILE_PX, ANALYSIS_MARGIN_PX, SYNTHESIS_MARGIN = 512, 64, 8
 
 FILLS = ("mean", "sample")
 
@@ -52,7 +57,7 @@ class LatentCodec:
     @torch.inference_mode()
     def encode_latent(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
         """`encode`, also returning the fixed-point latent y_hat that the decoder will rebuild."""
-        y = self.model.g_a(x.to(self.device))
+        y = apply_tiled(self.model.g_a, x.to(self.device), 1, 16, TILE_PX, ANALYSIS_MARGIN_PX)
         z = self.model.h_a(y)
         medians = self.model.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
         z_sym = torch.round(z - medians).clamp(-VALUE_LIMIT, VALUE_LIMIT).cpu()
@@ -71,7 +76,7 @@ class LatentCodec:
                seed: int | None = None) -> torch.Tensor:
         """Payloads of layers 1..K (K >= 1) -> [1, 3, height, width] in [0, 1] on the codec's device."""
         y_hat = from_fixed(self.decode_latent(payloads, height, width, fill, seed)).to(self.device)
-        return self.model.g_s(y_hat).clamp_(0.0, 1.0)
+        return apply_tiled(self.model.g_s, y_hat, 16, 1, TILE_PX // 16, SYNTHESIS_MARGIN).clamp_(0.0, 1.0)
 
     @torch.inference_mode()
     def decode_latent(self, payloads: list[bytes], height: int, width: int, fill: str = "mean",

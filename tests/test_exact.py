@@ -59,3 +59,14 @@ def test_exact_model_is_identical_across_thread_counts():
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
     assert all(torch.equal(t, t.round()) for t in one)  # integers throughout
+
+
+def test_row_bands_give_the_same_integers(monkeypatch):
+    import codec.exact as exact
+
+    torch.manual_seed(2)
+    layer = IntConv(nn.Conv2d(5, 4, 3, padding=1), relu=True)
+    a = to_fixed(torch.randn(1, 5, 23, 9) * 10)
+    whole = layer(a)
+    monkeypatch.setattr(exact, "_CHUNK_ELEMENTS", 5 * 9 * 9 * 4)  # 4 rows per band
+    assert torch.equal(layer(a), whole)
