@@ -45,6 +45,21 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(_ms_ssim(ta, tb, data_range=255.0))
 
 
+def lpips(a: np.ndarray, b: np.ndarray) -> float:
+    import torch
+
+    from .lpips import load_lpips
+
+    ta = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
+    tb = torch.from_numpy(b).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        return float(load_lpips()(ta, tb))
+
+
+def metrics(ref: np.ndarray, rec: np.ndarray) -> dict:
+    return {"psnr": psnr(ref, rec), "ms_ssim": ms_ssim(ref, rec), "lpips": lpips(ref, rec)}
+
+
 def _pillow_round_trip(img: Image.Image, fmt: str, **kw) -> tuple[int, np.ndarray, float, float]:
     buf = io.BytesIO()
     t0 = time.perf_counter()
@@ -137,51 +152,56 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
                         rec = np.asarray(decode_image(part, weights=weights).convert("RGB"))
                         t_dec = time.perf_counter() - t0
                         rows.append(dict(codec="sicc", setting=f"L{k}", image=path.name, bytes=len(part),
-                                         bpp=len(part) * 8 / pixels, psnr=psnr(ref, rec), ms_ssim=ms_ssim(ref, rec),
-                                         encode_s=t_enc, decode_s=t_dec))
+                                         bpp=len(part) * 8 / pixels, **metrics(ref, rec), encode_s=t_enc,
+                                         decode_s=t_dec))
                 else:
                     for label, fn in classical_settings(codec):
                         size, rec, t_enc, t_dec = fn(img)
                         rows.append(dict(codec=codec, setting=label, image=path.name, bytes=size,
-                                         bpp=size * 8 / pixels, psnr=psnr(ref, rec), ms_ssim=ms_ssim(ref, rec),
-                                         encode_s=t_enc, decode_s=t_dec))
+                                         bpp=size * 8 / pixels, **metrics(ref, rec), encode_s=t_enc, decode_s=t_dec))
                 bar.advance(task)
     curves = average_curves(rows)
-    bd = {c: bd_rate(curves[c], curves["sicc"]) for c in curves if c != "sicc" and "sicc" in curves}
+    others = [c for c in curves if c != "sicc" and "sicc" in curves]
+    bd = {c: bd_rate([p[:2] for p in curves[c]], [p[:2] for p in curves["sicc"]]) for c in others}
+    # bits at equal LPIPS: the same fit on -LPIPS (higher is better, like PSNR)
+    bd_lpips = {c: bd_rate([(p[0], -p[3]) for p in curves[c]], [(p[0], -p[3]) for p in curves["sicc"]]) for c in others}
     result = {"dataset": str(dataset), "images": len(paths), "weights": str(weights or "default"),
-              "curves": {c: [dict(zip(("bpp", "psnr", "ms_ssim", "encode_s", "decode_s", "setting"), p)) for p in pts]
-                         for c, pts in curves.items()},
-              "bd_rate_psnr_vs": bd, "rows": rows}
+              "curves": {c: [dict(zip(CURVE_FIELDS, p)) for p in pts] for c, pts in curves.items()},
+              "bd_rate_psnr_vs": bd, "bd_rate_lpips_vs": bd_lpips, "rows": rows}
     (out_dir / "results.json").write_text(json.dumps(result, indent=1))
     (out_dir / "results.md").write_text(markdown(result))
     plot(result, out_dir / "rd.png")
     return result
 
 
+CURVE_FIELDS = ("bpp", "psnr", "ms_ssim", "lpips", "encode_s", "decode_s", "setting")
+
+
 def average_curves(rows: list[dict]) -> dict[str, list[tuple]]:
-    """Per codec: (bpp, psnr, ms_ssim, encode_s, decode_s, setting) averaged over images, by rising bpp."""
+    """Per codec: CURVE_FIELDS averaged over images, by rising bpp."""
     by: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         by.setdefault((r["codec"], r["setting"]), []).append(r)
     curves: dict[str, list[tuple]] = {}
     for (codec, setting), rs in by.items():
         mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
-        curves.setdefault(codec, []).append(
-            (mean("bpp"), mean("psnr"), mean("ms_ssim"), mean("encode_s"), mean("decode_s"), setting))
+        curves.setdefault(codec, []).append(tuple(mean(f) for f in CURVE_FIELDS[:-1]) + (setting,))
     return {c: sorted(pts) for c, pts in curves.items()}
 
 
 def markdown(result: dict) -> str:
     lines = [f"Dataset: `{result['dataset']}` ({result['images']} images), weights: `{result['weights']}`", ""]
     if result["bd_rate_psnr_vs"]:
-        lines += ["| sicc vs | BD-rate (PSNR) |", "|---|---|"]
-        lines += [f"| {c} | {v:+.1f} % |" for c, v in result["bd_rate_psnr_vs"].items()]
+        lines += ["| sicc vs | BD-rate (PSNR) | BD-rate (LPIPS) |", "|---|---|---|"]
+        lines += [f"| {c} | {v:+.1f} % | {result['bd_rate_lpips_vs'][c]:+.1f} % |"
+                  for c, v in result["bd_rate_psnr_vs"].items()]
         lines.append("")
-    lines += ["| codec | setting | bpp | PSNR dB | MS-SSIM | encode s | decode s |", "|---|---|---|---|---|---|---|"]
+    lines += ["| codec | setting | bpp | PSNR dB | MS-SSIM | LPIPS | encode s | decode s |",
+              "|---|---|---|---|---|---|---|---|"]
     for codec, pts in result["curves"].items():
         for p in pts:
             lines.append(f"| {codec} | {p['setting']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} | "
-                         f"{p['encode_s']:.3f} | {p['decode_s']:.3f} |")
+                         f"{p['lpips']:.4f} | {p['encode_s']:.3f} | {p['decode_s']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

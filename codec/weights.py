@@ -46,13 +46,19 @@ def default_weights_path() -> Path:
 
 
 def weights_id(path: Path) -> bytes:
+    st = Path(path).stat()
+    return _file_id(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=32)
+def _file_id(path: str, mtime_ns: int, size: int) -> bytes:
     return hashlib.sha256(Path(path).read_bytes()).digest()[:16]
 
 
 def find_weights_by_id(wid: bytes) -> Path | None:
     """A shipped weights file with this id, so files made with any shipped weights decode without flags."""
     folder = shipped_weights_dir()
-    for p in sorted(folder.glob("*.safetensors")):
+    for p in sorted(folder.glob("sicc-*.safetensors")):
         if weights_id(p) == wid:
             return p
     return None
