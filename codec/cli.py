@@ -17,6 +17,9 @@ import click
 from .errors import SiccError
 
 STDIO = "-"
+# mkstemp creates files 0600; outputs get the usual permissions (read once, while single-threaded).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _fail(name: str, reason: str):
@@ -43,12 +46,16 @@ def write_atomic(target: str, data: bytes, force: bool):
         raise SiccError("output exists (use --force to overwrite)")
     if path.is_dir():
         raise SiccError("output is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise SiccError(f"cannot write {target}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         try:

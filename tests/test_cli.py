@@ -203,3 +203,14 @@ def test_bd_rate_of_a_curve_against_itself_and_a_cheaper_one():
     assert abs(bd_rate(curve, curve)) < 1e-9
     cheaper = [(b * 0.8, p) for b, p in curve]
     assert abs(bd_rate(curve, cheaper) - (-20.0)) < 1e-6
+
+
+def test_outputs_get_normal_permissions_and_missing_folders_fail_cleanly(run, images, tiny_weights, tmp_path):
+    out = tmp_path / "perm.sic"
+    assert run("encode", images[0], "-o", out, "--weights", tiny_weights).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    r = run("encode", images[0], "-o", tmp_path / "no" / "such" / "dir.sic", "--weights", tiny_weights)
+    assert r.exit_code == 1
+    one_error_line(r, "cannot write")
