@@ -15,13 +15,9 @@ from PIL import Image
 
 from codec import container
 from codec.api import decode_image, encode_image, truncate
+from codec.evaluate import psnr
 
 HERE = Path(__file__).resolve().parent
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
 def main(argv=None):
