@@ -205,29 +205,57 @@ def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, str
 @click.option("-o", "--output", help="Output image (one input; format from the suffix, PNG by default) or directory.")
 @_rate_options
 @click.option("--sample", is_flag=True, help="Synonymous decode: fill missing layers with a random valid latent.")
-@click.option("--seed", type=int, default=None, help="Seed for --sample (default 0).")
+@click.option("--seed", type=int, default=None, help="Seed for --sample / --perceptual (default 0).")
+@click.option("--perceptual", is_flag=True, help="Diffusion-based idempotent inversion: realistic detail, same bits.")
+@click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+              help="With --perceptual: 0 = plain decode, 1 = full inversion.")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="With --perceptual: sampler steps.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="With --perceptual: where to run (auto: CUDA when present).")
+@click.option("--prior-weights", type=click.Path(dir_okay=False, path_type=Path), help="Diffusion prior weights.")
 @_weights_option
 @click.option("--allow-partial", is_flag=True, help="Decode the intact layers of a cut or damaged file.")
 @click.option("-j", "--jobs", default=1, type=click.IntRange(min=1), help="Files decoded in parallel.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @_debug_option
-def decode(inputs, output, layers, bpp, nbytes, sample, seed, weights, allow_partial, jobs, force, quiet, debug):
+def decode(inputs, output, layers, bpp, nbytes, sample, seed, perceptual, strength, steps, device, prior_weights,
+           weights, allow_partial, jobs, force, quiet, debug):
     """Decode .sic files to images."""
     _one_rate(layers, bpp, nbytes)
-    if seed is not None and not sample:
-        raise click.UsageError("--seed needs --sample")
+    if seed is not None and not (sample or perceptual):
+        raise click.UsageError("--seed needs --sample or --perceptual")
     from .api import decode_image
     from .imageio import image_bytes, output_format
 
     plan = plan_jobs(inputs, output, ".png")
+    notice = _StepNotice(steps, quiet) if perceptual else None
 
     def work(job: Job):
         img = decode_image(read_input(job.source), weights=weights, layers=layers, bpp=bpp, nbytes=nbytes,
-                           allow_partial=allow_partial, sample=sample, seed=seed)
+                           allow_partial=allow_partial, sample=sample, seed=seed, perceptual=perceptual,
+                           strength=strength, steps=steps, device=device, prior_weights=prior_weights,
+                           on_step=notice)
         write_atomic(job.target, image_bytes(img, output_format(None if job.target == STDIO else job.target)), force)
 
     sys.exit(run_jobs(plan, work, jobs, quiet, debug, "decoding"))
+
+
+class _StepNotice:
+    """Perceptual decoding is slow on a CPU: after the second sampler step, say how long it will take."""
+
+    def __init__(self, steps: int, quiet: bool):
+        self.steps, self.quiet, self.last, self.told = steps, quiet, None, False
+
+    def __call__(self, i: int):
+        import time
+
+        now = time.perf_counter()
+        if i == 1 and self.last is not None and not (self.told or self.quiet):
+            self.told = True
+            click.echo(f"sicc: perceptual decoding takes about {(now - self.last) * self.steps:.0f} s per image "
+                       f"here ({self.steps} steps; a CUDA device is much faster)", err=True)
+        self.last = now
 
 
 @cli.command()
@@ -335,6 +363,36 @@ def train_codec_cmd(data_dir, out_dir, steps, batch_size, patch_size, lr, resume
         _fail(str(data_dir), str(e))
         sys.exit(1)
     click.echo(f"weights: {path}")
+
+
+@train.command("prior")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--steps", default=100_000, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, type=click.IntRange(min=1))
+@click.option("--patch-size", default=64, type=click.IntRange(min=16))
+@click.option("--lr", default=2e-4, type=float)
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="checkpoint.pt (full state) or a prior .safetensors (model only).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
+@click.option("--max-minutes", type=float, help="Stop after this long (the last 15 % at lr/10).")
+@click.option("--seed", default=0, type=int)
+@click.option("--small", is_flag=True, help="A tiny UNet, for tests and smoke runs.")
+@click.option("-q", "--quiet", is_flag=True)
+def train_prior_cmd(data_dir, out_dir, steps, batch_size, patch_size, lr, resume, threads, max_minutes, seed, small,
+                    quiet):
+    """Train the diffusion prior for --perceptual on random crops of the images under DATA_DIR."""
+    from .diffusion import TINY_UNET
+    from .train import train_prior
+
+    try:
+        path = train_prior(data_dir, out_dir, steps, batch_size, patch_size, lr, resume, threads, seed,
+                           cfg=TINY_UNET if small else None, progress=not quiet and sys.stderr.isatty(),
+                           max_minutes=max_minutes)
+    except SiccError as e:
+        _fail(str(data_dir), str(e))
+        sys.exit(1)
+    click.echo(f"prior weights: {path}")
 
 
 def main():

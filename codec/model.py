@@ -119,30 +119,48 @@ class ProgressiveCodec(nn.Module):
         lower = torch.special.ndtr((-0.5 - v) / scale)
         return (upper - lower).clamp_min(LIKELIHOOD_MIN)
 
-    def forward(self, x: torch.Tensor, level: int | None = None) -> dict:
-        """Training pass. Returns the full reconstruction and, for `level` (slices transmitted,
-        0..len(slices)), the reconstruction with the missing slices filled by their means.
-        Likelihoods: "z" and one tensor per slice (noisy-quantisation proxy)."""
-        y = self.g_a(x)
-        z = self.h_a(y)
-        z_hat, z_lik = self.entropy_bottleneck(z)
-        hyper = self.h_s(z_hat)
-        y_slices = y.split(list(self.cfg.slices), dim=1)
+    def _quantized_slices(self, y: torch.Tensor, hyper: torch.Tensor, count: int):
+        """The first `count` slices quantised around their predicted means (straight-through), with
+        their likelihoods under the noisy-quantisation proxy (training) or rounding (eval)."""
         y_hat: list[torch.Tensor] = []
         liks = []
-        for k, y_k in enumerate(y_slices):
+        for k, y_k in enumerate(y.split(list(self.cfg.slices), dim=1)[:count]):
             mean, scale = self.slice_params(k, hyper, y_hat)
             noisy = y_k + torch.empty_like(y_k).uniform_(-0.5, 0.5) if self.training else torch.round(y_k - mean) + mean
             liks.append(self.gaussian_likelihood(noisy - mean, scale))
             y_hat.append(quantize_ste(y_k - mean) + mean)
+        return y_hat, liks
+
+    def _fill_missing_slices(self, hyper: torch.Tensor, y_hat: list[torch.Tensor]) -> torch.Tensor:
+        """Transmitted slices followed by the predicted means of the rest (the plain decoder's fill)."""
+        filled = list(y_hat)
+        for k in range(len(y_hat), len(self.cfg.slices)):
+            mean, _ = self.slice_params(k, hyper, filled)
+            filled.append(mean)
+        return torch.cat(filled, dim=1)
+
+    def forward(self, x: torch.Tensor, level: int | None = None) -> dict:
+        """Training pass. Returns the full reconstruction and, for `level` (slices transmitted,
+        0..len(slices)), the reconstruction with the missing slices filled by their means.
+        Likelihoods: "z" and one tensor per slice."""
+        y = self.g_a(x)
+        z_hat, z_lik = self.entropy_bottleneck(self.h_a(y))
+        hyper = self.h_s(z_hat)
+        y_hat, liks = self._quantized_slices(y, hyper, len(self.cfg.slices))
         out = {"x_full": self.g_s(torch.cat(y_hat, dim=1)), "likelihoods": {"z": z_lik, "y": liks}}
-        if level is not None and level < len(y_slices):
-            filled = y_hat[:level]
-            for k in range(level, len(y_slices)):
-                mean, _ = self.slice_params(k, hyper, filled)
-                filled.append(mean)
-            out["x_level"] = self.g_s(torch.cat(filled, dim=1))
+        if level is not None and level < len(self.cfg.slices):
+            out["x_level"] = self.g_s(self._fill_missing_slices(hyper, y_hat[:level]))
         return out
+
+    def reencode(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Encode x and decode `level` slices (rounding with straight-through gradients): the map whose
+        fixed points are the images that reproduce a file's layers (used by perceptual decoding)."""
+        y = self.g_a(x)
+        z = self.h_a(y)
+        medians = self.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
+        hyper = self.h_s(torch.round(z - medians) + medians)
+        y_hat, _ = self._quantized_slices(y, hyper, level)
+        return self.g_s(self._fill_missing_slices(hyper, y_hat))
 
     def aux_loss(self) -> torch.Tensor:
         return self.entropy_bottleneck.loss()

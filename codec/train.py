@@ -73,21 +73,58 @@ def psnr(mse: float) -> float:
     return -10 * math.log10(max(mse, 1e-12))
 
 
-def train_codec(
-    data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 1e-3,
-    resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
-    log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
-    max_minutes: float | None = None,
-):
-    """Train (or resume) and export `out_dir/weights.safetensors`. With `max_minutes`, stop when the
-    time is up and train the last 15 % of that time at a tenth of the learning rate."""
-    from .weights import export_weights, load_float_model
+def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt, lr: float, progress: bool,
+              max_minutes: float | None, checkpoint_minutes: float, log_every: int) -> int:
+    """The training loop every trainer shares: `train_step(step)` does one update and returns the
+    floats to log; checkpoints every few minutes, on Ctrl-C/SIGTERM and at the end; with
+    `max_minutes`, stops when the time is up and runs the last 15 % of it at lr/10."""
+    from rich.progress import Progress
 
+    t0 = last_ckpt = time.time()
+    with open(out_dir / "log.jsonl", "a") as log, Progress(disable=not progress) as bar, \
+            _checkpoint_on_interrupt(lambda: checkpoint(step)):
+        task = bar.add_task("training", total=steps, completed=step)
+        while step < steps:
+            elapsed_min = (time.time() - t0) / 60
+            if max_minutes is not None:
+                if elapsed_min > max_minutes:
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = lr / 10 if elapsed_min > 0.85 * max_minutes else lr
+            record = train_step(step)
+            step += 1
+            bar.update(task, completed=step)
+            if step % log_every == 0 or step == steps:
+                rec = {"step": step, "time_s": round(time.time() - t0, 1)}
+                rec.update({k: round(v, 4) for k, v in record.items()})
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if time.time() - last_ckpt > checkpoint_minutes * 60:
+                checkpoint(step)
+                last_ckpt = time.time()
+    checkpoint(step)
+    return step
+
+
+def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    return out_dir
+
+
+def train_codec(
+    data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 1e-3,
+    resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
+    log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
+    max_minutes: float | None = None,
+) -> Path:
+    """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`."""
+    from .weights import export_weights, load_float_model
+
+    out_dir = _prepare(out_dir, threads, seed)
     state = None
     if resume is not None and Path(resume).suffix == ".pt":
         state = torch.load(resume, map_location="cpu", weights_only=False)
@@ -107,57 +144,78 @@ def train_codec(
     if state is not None:
         opt.load_state_dict(state["opt"])
         aux_opt.load_state_dict(state["aux_opt"])
-        for g in opt.param_groups:
-            g["lr"] = lr
         step = state["step"]
     sampler = CropSampler(data_dir, patch_size, seed=seed + step)
     lambdas = level_lambdas(len(cfg.slices))
-    log = open(out_dir / "log.jsonl", "a")
     model.train()
-    t0, last_ckpt = time.time(), time.time()
-    S = len(cfg.slices)
 
-    def checkpoint():
-        _atomic_torch_save(
-            {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
-             "aux_opt": aux_opt.state_dict(), "step": step}, out_dir / "checkpoint.pt")
+    def train_step(step: int) -> dict:
+        level = step % len(cfg.slices)
+        terms = progressive_loss(model, sampler.batch(batch_size), level, lambdas)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(main, 1.0)
+        opt.step()
+        aux_loss = model.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        aux_opt.step()
+        return {"level": level, "loss": terms["loss"].item(), "bpp_full": terms["bpp_full"].item(),
+                "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
+                "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item()}
+
+    def checkpoint(step: int):
+        _atomic_torch_save({"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
+                            "aux_opt": aux_opt.state_dict(), "step": step}, out_dir / "checkpoint.pt")
         export_weights(model, out_dir / "weights.safetensors")
 
-    from rich.progress import Progress
-
-    with Progress(disable=not progress) as bar, _checkpoint_on_interrupt(checkpoint):
-        task = bar.add_task("training", total=steps, completed=step)
-        while step < steps:
-            elapsed_min = (time.time() - t0) / 60
-            if max_minutes is not None:
-                if elapsed_min > max_minutes:
-                    break
-                for g in opt.param_groups:
-                    g["lr"] = lr / 10 if elapsed_min > 0.85 * max_minutes else lr
-            level = step % S
-            x = sampler.batch(batch_size)
-            terms = progressive_loss(model, x, level, lambdas)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(main, 1.0)
-            opt.step()
-            aux_loss = model.aux_loss()
-            aux_opt.zero_grad(set_to_none=True)
-            aux_loss.backward()
-            aux_opt.step()
-            step += 1
-            bar.update(task, completed=step)
-            if step % log_every == 0 or step == steps:
-                rec = {"step": step, "time_s": round(time.time() - t0, 1), "level": level,
-                       "loss": round(terms["loss"].item(), 4), "bpp_full": round(terms["bpp_full"].item(), 4),
-                       "psnr_full": round(psnr(terms["mse_full"].item()), 3),
-                       "bpp_level": round(terms["bpp_level"].item(), 4),
-                       "psnr_level": round(psnr(terms["mse_level"].item()), 3), "aux": round(aux_loss.item(), 2)}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-            if time.time() - last_ckpt > checkpoint_minutes * 60:
-                checkpoint()
-                last_ckpt = time.time()
-    checkpoint()
-    log.close()
+    _run_loop(out_dir, steps, step, train_step, checkpoint, opt, lr, progress, max_minutes, checkpoint_minutes,
+              log_every)
     return out_dir / "weights.safetensors"
+
+
+def train_prior(
+    data_dir: Path, out_dir: Path, steps: int, batch_size: int = 16, patch_size: int = 64, lr: float = 2e-4,
+    resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
+    log_every: int = 20, cfg=None, progress: bool = True, max_minutes: float | None = None,
+) -> Path:
+    """Train (or resume) the diffusion prior (ε-prediction, uniform t); writes `out_dir/checkpoint.pt`
+    and `out_dir/prior.safetensors`."""
+    from .diffusion import LinearSchedule, UNet, UNetConfig, denoising_loss
+    from .perceptual import export_prior, load_prior
+
+    out_dir = _prepare(out_dir, threads, seed)
+    state = None
+    if resume is not None and Path(resume).suffix == ".pt":
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        model = UNet(UNetConfig.from_json(state["config"]))
+        model.load_state_dict(state["model"])
+    elif resume is not None:
+        model = load_prior(Path(resume))
+    else:
+        model = UNet(cfg or UNetConfig())
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    step = 0
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    sampler = CropSampler(data_dir, patch_size, seed=seed + step)
+    schedule = LinearSchedule()
+    model.train()
+
+    def train_step(step: int) -> dict:
+        loss = denoising_loss(model, schedule, sampler.batch(batch_size) * 2 - 1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return {"loss": loss.item()}
+
+    def checkpoint(step: int):
+        _atomic_torch_save({"config": model.cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
+                            "step": step}, out_dir / "checkpoint.pt")
+        export_prior(model, out_dir / "prior.safetensors")
+
+    _run_loop(out_dir, steps, step, train_step, checkpoint, opt, lr, progress, max_minutes, checkpoint_minutes,
+              log_every)
+    return out_dir / "prior.safetensors"

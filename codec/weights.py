@@ -115,7 +115,11 @@ def export_weights(model: ProgressiveCodec, path: Path) -> bytes:
         tensors[f"tables.{name}.lengths"] = torch.from_numpy(tab.lengths.astype(np.int32))
         tensors[f"tables.{name}.offsets"] = torch.from_numpy(tab.offsets.astype(np.int32))
     tensors["tables.gaussian.scale_bounds"] = torch.from_numpy(bounds.astype(np.int64))
-    meta = {"format": WEIGHTS_FORMAT, "config": model.cfg.to_json()}
+    return write_weights_file(tensors, {"format": WEIGHTS_FORMAT, "config": model.cfg.to_json()}, path)
+
+
+def write_weights_file(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> bytes:
+    """Atomically write a safetensors file; returns its id."""
     blob = save_torch(tensors, metadata=meta)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -124,26 +128,30 @@ def export_weights(model: ProgressiveCodec, path: Path) -> bytes:
     return hashlib.sha256(blob).digest()[:16]
 
 
-def _read(path: Path) -> tuple[dict[str, np.ndarray], ModelConfig, bytes]:
+def read_weights_file(path: Path, fmt: str) -> tuple[dict[str, np.ndarray], dict[str, str], bytes]:
+    """Arrays, metadata and id of a safetensors file whose metadata declares format `fmt` (no pickle)."""
     try:
         blob = Path(path).read_bytes()
     except OSError as e:
         raise SiccError(f"cannot read weights {path}: {e.strerror or e}") from None
     try:
         arrays = load_numpy(blob)
-        from safetensors import safe_open  # metadata is only exposed through safe_open
-
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, ValueError, OSError):
+        header_len = int.from_bytes(blob[:8], "little")
+        meta = json.loads(blob[8 : 8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError):
         raise SiccError(f"{path}: not a sicc weights file") from None
-    if meta.get("format") != WEIGHTS_FORMAT:
-        raise SiccError(f"{path}: not a sicc weights file (format {meta.get('format')!r})")
+    if meta.get("format") != fmt:
+        raise SiccError(f"{path}: not a {fmt} file (format {meta.get('format')!r})")
+    return arrays, meta, hashlib.sha256(blob).digest()[:16]
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], ModelConfig, bytes]:
+    arrays, meta, wid = read_weights_file(path, WEIGHTS_FORMAT)
     try:
         cfg = ModelConfig.from_json(meta["config"])
     except (KeyError, TypeError, ValueError, json.JSONDecodeError):
         raise SiccError(f"{path}: weights file has a malformed configuration") from None
-    return arrays, cfg, hashlib.sha256(blob).digest()[:16]
+    return arrays, cfg, wid
 
 
 def load_float_model(path: Path) -> ProgressiveCodec:
