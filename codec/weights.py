@@ -82,21 +82,26 @@ def gaussian_tables() -> tuple[SymbolTables, np.ndarray]:
     return SymbolTables.from_pmfs(pmfs, offsets), bounds
 
 
-def z_tables(model: ProgressiveCodec) -> SymbolTables:
-    """Per z channel, the learned factorized density on integers around its median."""
+def z_tables(model: ProgressiveCodec, tail: float = 1e-6) -> SymbolTables:
+    """Per z channel, the learned factorized density on the integers around its median. The support
+    is read off the density itself (where the CDF leaves [tail/2, 1 - tail/2]), not off the learned
+    quantiles, so a short training run whose quantiles have not converged still gets tight tables."""
     eb = model.entropy_bottleneck
+    half = Z_TABLE_MAX // 2
     with torch.no_grad():
-        q = eb.quantiles[:, 0, :].double()
-        med = q[:, 1]
-        minima = torch.ceil(med - q[:, 0]).clamp(0, Z_TABLE_MAX // 2).long()
-        maxima = torch.ceil(q[:, 2] - med).clamp(0, Z_TABLE_MAX // 2).long()
-        pmfs, offsets = [], []
-        for c in range(len(med)):
-            v = torch.arange(-int(minima[c]), int(maxima[c]) + 1, dtype=torch.float32)
-            samples = (v + eb.quantiles[c, 0, 1].float()).reshape(1, 1, -1)
-            pmf, _, _ = eb._likelihood(samples.expand(eb.channels, 1, -1).contiguous(), stop_gradient=True)
-            pmfs.append(pmf[c, 0].double().numpy())
-            offsets.append(-int(minima[c]))
+        med = eb.quantiles[:, 0, 1].float()
+        v = torch.arange(-half, half + 1, dtype=torch.float32)
+        samples = (med[:, None] + v[None, :])[:, None, :]  # [C, 1, L], the layout CompressAI expects
+        pmf, lower, upper = eb._likelihood(samples, stop_gradient=True)
+        pmf = pmf[:, 0].double()
+        below = torch.sigmoid(upper[:, 0]).double()  # P(z <= v + 1/2)
+        above = 1 - torch.sigmoid(lower[:, 0]).double()  # P(z >= v - 1/2)
+    pmfs, offsets = [], []
+    for c in range(len(med)):
+        inside = torch.nonzero((below[c] > tail / 2) & (above[c] > tail / 2)).flatten()
+        lo, hi = (int(inside[0]), int(inside[-1])) if len(inside) else (half, half)
+        pmfs.append(pmf[c, lo : hi + 1].numpy())
+        offsets.append(lo - half)
     return SymbolTables.from_pmfs(pmfs, offsets)
 
 

@@ -86,3 +86,15 @@ def test_tiled_transforms_match_whole_image(monkeypatch, tiny_weights):
     assert (tiled_y == whole_y).double().mean() > 0.999
     tiled = codec.decode(whole_layers, *x.shape[2:])
     assert (tiled - whole).abs().max() < 1e-4
+
+
+def test_z_tables_cover_the_learned_density():
+    from codec.entropy import TOTAL
+    from codec.weights import z_tables
+
+    model = ProgressiveCodec(TINY_CONFIG)
+    tabs = z_tables(model)
+    assert len(tabs.lengths) == TINY_CONFIG.Z
+    escape = tabs.counts[np.arange(TINY_CONFIG.Z), tabs.lengths]
+    assert (escape <= 8).all() and (tabs.counts.sum(axis=1) == TOTAL).all()  # tail mass ~1e-6 per table
+    assert (tabs.offsets < 0).all() and (tabs.offsets + tabs.lengths > 0).all()  # the median is inside
