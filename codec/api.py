@@ -18,6 +18,7 @@ from .imageio import SourceImage, from_pil, pack_alpha, read_image, to_pil, unpa
 from .model import PAD_MULTIPLE
 from .weights import find_weights_by_id, load_codec
 
+
 def _source(image) -> SourceImage:
     if isinstance(image, SourceImage):
         return image

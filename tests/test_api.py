@@ -185,3 +185,10 @@ def test_any_size_round_trips(tiny_weights, size):
     img = photo(*size)
     out = decode_image(encode_image(img, weights=tiny_weights), weights=tiny_weights)
     assert out.size == size
+
+
+def test_package_exposes_the_api(tiny_weights):
+    import codec
+
+    data = codec.encode_image(photo(20, 20), weights=tiny_weights)
+    assert codec.decode_image(codec.truncate(data, layers=1), weights=tiny_weights).size == (20, 20)
