@@ -346,9 +346,12 @@ def train():
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch.")
 @click.option("--max-minutes", type=float, help="Stop after this long (the last 15 % at lr/10).")
 @click.option("--seed", default=0, type=int)
+@click.option("--reg-alpha", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Weight of the conditional-source-entropy regularizer (0 disables; the paper uses 0.1).")
 @click.option("--small", is_flag=True, help="A tiny model, for tests and smoke runs.")
 @click.option("-q", "--quiet", is_flag=True)
-def train_codec_cmd(data_dir, out_dir, steps, batch_size, patch_size, lr, resume, threads, max_minutes, seed, small, quiet):
+def train_codec_cmd(data_dir, out_dir, steps, batch_size, patch_size, lr, resume, threads, max_minutes, seed, reg_alpha,
+                    small, quiet):
     """Train the progressive codec on random crops of the images under DATA_DIR."""
     from .model import TINY_CONFIG
     from .train import train_codec
@@ -358,7 +361,8 @@ def train_codec_cmd(data_dir, out_dir, steps, batch_size, patch_size, lr, resume
     cfg = TINY_CONFIG if small else None
     try:
         path = train_codec(data_dir, out_dir, steps, batch_size, patch_size, lr, resume, threads, seed,
-                           cfg=cfg, progress=not quiet and sys.stderr.isatty(), max_minutes=max_minutes)
+                           cfg=cfg, progress=not quiet and sys.stderr.isatty(), max_minutes=max_minutes,
+                           reg_alpha=reg_alpha)
     except SiccError as e:
         _fail(str(data_dir), str(e))
         sys.exit(1)

@@ -18,6 +18,7 @@ import torch
 
 from .data import CropSampler
 from .model import ModelConfig, ProgressiveCodec, bits, level_lambdas
+from .regularizer import ConditionalSourceModel
 
 
 def _atomic_torch_save(obj, path: Path):
@@ -66,6 +67,7 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
     loss = 0.5 * (rate_full + lambdas[S] * 255**2 * mse_full) + 0.5 * (rate_level + lambdas[level] * 255**2 * mse_level)
     return {
         "loss": loss, "bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
+        "x_full": out["x_full"],
     }
 
 
@@ -119,9 +121,10 @@ def train_codec(
     data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 1e-3,
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
-    max_minutes: float | None = None,
+    max_minutes: float | None = None, reg_alpha: float = 0.0,
 ) -> Path:
-    """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`."""
+    """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
+    `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py)."""
     from .weights import export_weights, load_float_model
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -140,33 +143,54 @@ def train_codec(
     main, aux = split_parameters(model)
     opt = torch.optim.Adam(main, lr=lr)
     aux_opt = torch.optim.Adam(aux, lr=1e-3)
+    source_model = ConditionalSourceModel() if reg_alpha > 0 else None
+    source_opt = torch.optim.Adam(source_model.parameters(), lr=lr) if source_model else None
     step = 0
     if state is not None:
         opt.load_state_dict(state["opt"])
         aux_opt.load_state_dict(state["aux_opt"])
         step = state["step"]
+        if source_model is not None and "source_model" in state:
+            source_model.load_state_dict(state["source_model"])
+            source_opt.load_state_dict(state["source_opt"])
     sampler = CropSampler(data_dir, patch_size, seed=seed + step)
     lambdas = level_lambdas(len(cfg.slices))
     model.train()
 
     def train_step(step: int) -> dict:
         level = step % len(cfg.slices)
-        terms = progressive_loss(model, sampler.batch(batch_size), level, lambdas)
+        x = sampler.batch(batch_size)
+        terms = progressive_loss(model, x, level, lambdas)
+        loss, record = terms["loss"], {}
+        if source_model is not None:
+            # (1) fit q(x | x̂) by maximum likelihood on a detached x̂; (2) the codec maximises H(X|X̂)
+            fit = source_model.bits_per_pixel(x, terms["x_full"].detach())
+            source_opt.zero_grad(set_to_none=True)
+            fit.backward()
+            source_opt.step()
+            source_model.requires_grad_(False)
+            h_cond = source_model.bits_per_pixel(x, terms["x_full"])
+            source_model.requires_grad_(True)
+            loss = loss - reg_alpha * h_cond
+            record["h_cond"] = h_cond.item()
         opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(main, 1.0)
         opt.step()
         aux_loss = model.aux_loss()
         aux_opt.zero_grad(set_to_none=True)
         aux_loss.backward()
         aux_opt.step()
-        return {"level": level, "loss": terms["loss"].item(), "bpp_full": terms["bpp_full"].item(),
+        return {"level": level, "loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
                 "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
-                "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item()}
+                "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record}
 
     def checkpoint(step: int):
-        _atomic_torch_save({"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
-                            "aux_opt": aux_opt.state_dict(), "step": step}, out_dir / "checkpoint.pt")
+        state = {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
+                 "aux_opt": aux_opt.state_dict(), "step": step}
+        if source_model is not None:
+            state.update(source_model=source_model.state_dict(), source_opt=source_opt.state_dict())
+        _atomic_torch_save(state, out_dir / "checkpoint.pt")
         export_weights(model, out_dir / "weights.safetensors")
 
     _run_loop(out_dir, steps, step, train_step, checkpoint, opt, lr, progress, max_minutes, checkpoint_minutes,

@@ -164,17 +164,19 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
     for i in range(3):
         photo(96, 80, seed=i).save(data / f"{i}.png")
     out = tmp_path / "run"
-    r = run("train", "codec", data, "--out", out, "--steps", 6, "--batch-size", 2, "--patch-size", 64, "--small", "-q")
+    r = run("train", "codec", data, "--out", out, "--steps", 6, "--batch-size", 2, "--patch-size", 64, "--small", "-q",
+            "--reg-alpha", 0.1)
     assert r.exit_code == 0, r.stderr
     weights = out / "weights.safetensors"
     logs = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert logs[-1]["step"] == 6 and np.isfinite(logs[-1]["loss"])
+    assert logs[-1]["h_cond"] > 0  # the regularizer's H(X|X^) estimate, bits per pixel
     sic = tmp_path / "t.sic"
     assert run("encode", images[0], "-o", sic, "--weights", weights).exit_code == 0
     assert run("decode", sic, "-o", tmp_path / "t.png", "--weights", weights).exit_code == 0
     # resume continues from the checkpoint
     r = run("train", "codec", data, "--out", out, "--steps", 8, "--batch-size", 2, "--patch-size", 64,
-            "--resume", out / "checkpoint.pt", "-q")
+            "--resume", out / "checkpoint.pt", "-q", "--reg-alpha", 0.1)
     assert r.exit_code == 0, r.stderr
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 8
 
