@@ -78,11 +78,14 @@ def psnr(mse: float) -> float:
 def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt, lr: float, progress: bool,
               max_minutes: float | None, checkpoint_minutes: float, log_every: int) -> int:
     """The training loop every trainer shares: `train_step(step)` does one update and returns the
-    floats to log; checkpoints every few minutes, on Ctrl-C/SIGTERM and at the end; with
-    `max_minutes`, stops when the time is up and runs the last 15 % of it at lr/10."""
+    floats to log (averaged over each `log_every` steps); checkpoints every few minutes, on
+    Ctrl-C/SIGTERM and at the end; with `max_minutes`, stops when the time is up and runs the last
+    15 % of it at lr/10."""
     from rich.progress import Progress
 
     t0 = last_ckpt = time.time()
+    sums: dict[str, float] = {}
+    count = 0
     with open(out_dir / "log.jsonl", "a") as log, Progress(disable=not progress) as bar, \
             _checkpoint_on_interrupt(lambda: checkpoint(step)):
         task = bar.add_task("training", total=steps, completed=step)
@@ -93,14 +96,17 @@ def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt,
                     break
                 for g in opt.param_groups:
                     g["lr"] = lr / 10 if elapsed_min > 0.85 * max_minutes else lr
-            record = train_step(step)
+            for k, v in train_step(step).items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
             step += 1
             bar.update(task, completed=step)
             if step % log_every == 0 or step == steps:
                 rec = {"step": step, "time_s": round(time.time() - t0, 1)}
-                rec.update({k: round(v, 4) for k, v in record.items()})
+                rec.update({k: round(v / count, 4) for k, v in sums.items()})
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
+                sums, count = {}, 0
             if time.time() - last_ckpt > checkpoint_minutes * 60:
                 checkpoint(step)
                 last_ckpt = time.time()
@@ -181,7 +187,7 @@ def train_codec(
         aux_opt.zero_grad(set_to_none=True)
         aux_loss.backward()
         aux_opt.step()
-        return {"level": level, "loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
+        return {"loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
                 "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
                 "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record}
 
