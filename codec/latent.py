@@ -16,9 +16,9 @@ from .exact import ONE, from_fixed
 from .model import PAD_MULTIPLE, SCALE_MIN, ExactEntropyModel, ProgressiveCodec
 from .tiling import apply_tiled
 
-# Tiles for the float transforms on large images: 512 px of output per tile, with context margins
+# Tiles for the float transforms on large images: 768 px of output per tile (a Kodak image is one), with context margins
 # wider than the receptive fields (g_a: 61 px; g_s: a few latent positions), so no seams.
-TILE_PX, ANALYSIS_MARGIN_PX, SYNTHESIS_MARGIN = 512, 64, 8
+TILE_PX, ANALYSIS_MARGIN_PX, SYNTHESIS_MARGIN = 768, 64, 8
 
 FILLS = ("mean", "sample")
 
