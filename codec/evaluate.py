@@ -40,8 +40,8 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     import torch
     from pytorch_msssim import ms_ssim as _ms_ssim
 
-    ta = torch.from_numpy(a).permute(2, 0, 1)[None].float()
-    tb = torch.from_numpy(b).permute(2, 0, 1)[None].float()
+    ta = torch.tensor(a).permute(2, 0, 1)[None].float()
+    tb = torch.tensor(b).permute(2, 0, 1)[None].float()
     return float(_ms_ssim(ta, tb, data_range=255.0))
 
 
@@ -50,8 +50,8 @@ def lpips(a: np.ndarray, b: np.ndarray) -> float:
 
     from .lpips import load_lpips
 
-    ta = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
-    tb = torch.from_numpy(b).permute(2, 0, 1)[None].float() / 255
+    ta = torch.tensor(a).permute(2, 0, 1)[None].float() / 255
+    tb = torch.tensor(b).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
         return float(load_lpips()(ta, tb))
 
