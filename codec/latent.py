@@ -7,6 +7,9 @@ the analysis and synthesis transforms run in float (on any device).
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -21,6 +24,31 @@ from .tiling import apply_tiled
 TILE_PX, ANALYSIS_MARGIN_PX, SYNTHESIS_MARGIN = 768, 64, 8
 
 FILLS = ("mean", "sample")
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+@contextmanager
+def one_intra_op_thread():
+    """Float convs sum in an order that depends on torch's thread count, which flips a few rounded
+    pixels (and, rarely, symbols). The transforms therefore run on one intra-op thread, so bytes and
+    pixels do not depend on OMP/MKL settings; batches get their parallelism from `-j` workers.
+    Counted, so concurrent workers keep one thread until the last leaves."""
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 class LatentCodec:
@@ -57,8 +85,9 @@ class LatentCodec:
     @torch.inference_mode()
     def encode_latent(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
         """`encode`, also returning the fixed-point latent y_hat that the decoder will rebuild."""
-        y = apply_tiled(self.model.g_a, x.to(self.device), 1, 16, TILE_PX, ANALYSIS_MARGIN_PX)
-        z = self.model.h_a(y)
+        with one_intra_op_thread():
+            y = apply_tiled(self.model.g_a, x.to(self.device), 1, 16, TILE_PX, ANALYSIS_MARGIN_PX)
+            z = self.model.h_a(y)
         medians = self.model.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
         z_sym = torch.round(z - medians).clamp(-VALUE_LIMIT, VALUE_LIMIT).cpu()
         layers = [encode_values(z_sym.numpy(), self._z_index(z_sym.shape), self.z_tables)]
@@ -76,7 +105,8 @@ class LatentCodec:
                seed: int | None = None) -> torch.Tensor:
         """Payloads of layers 1..K (K >= 1) -> [1, 3, height, width] in [0, 1] on the codec's device."""
         y_hat = from_fixed(self.decode_latent(payloads, height, width, fill, seed)).to(self.device)
-        return apply_tiled(self.model.g_s, y_hat, 16, 1, TILE_PX // 16, SYNTHESIS_MARGIN).clamp_(0.0, 1.0)
+        with one_intra_op_thread():
+            return apply_tiled(self.model.g_s, y_hat, 16, 1, TILE_PX // 16, SYNTHESIS_MARGIN).clamp_(0.0, 1.0)
 
     @torch.inference_mode()
     def decode_latent(self, payloads: list[bytes], height: int, width: int, fill: str = "mean",

@@ -107,12 +107,16 @@ def test_encoding_is_repeatable_to_the_byte(tiny_weights):
 
 
 def test_bytes_and_pixels_do_not_change_with_thread_count(tiny_weights, tmp_path):
+    from codec.weights import default_weights_path
+
+    # the shipped model is wide enough for thread-dependent float sums to flip rounded pixels
+    weights = default_weights_path() if default_weights_path().exists() else tiny_weights
     src = tmp_path / "in.png"
-    photo(130, 70).save(src)
+    photo(330, 270).save(src)
     code = (
         "import sys, hashlib, numpy as np; from codec.api import encode_image, decode_image;"
-        f"d = encode_image({str(src)!r}, weights={str(tiny_weights)!r});"
-        f"img = decode_image(d, weights={str(tiny_weights)!r});"
+        f"d = encode_image({str(src)!r}, weights={str(weights)!r});"
+        f"img = decode_image(d, weights={str(weights)!r});"
         "print(hashlib.sha256(d).hexdigest(), hashlib.sha256(np.asarray(img).tobytes()).hexdigest())"
     )
     outs = set()
