@@ -194,10 +194,6 @@ class ExactEntropyModel:
         return mean, scale
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def level_lambdas(levels: int, low: float = 0.0018, high: float = 0.18) -> list[float]:
     """Rate-distortion weights for levels 0..levels (slices transmitted), geometric from q1 to q8 of
     CompressAI's zoo; the loss uses lambda * 255**2 * MSE for images in [0, 1]."""
