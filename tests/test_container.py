@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from codec import container
-from codec.container import Header, LayerEntry, choose_layer_count, describe, keep_layers, pack, parse, prefix_size
+from codec.container import Header, choose_layer_count, describe, keep_layers, pack, parse, prefix_size
 from codec.errors import SiccError
 
 PAYLOADS = [b"z" * 12, b"\x01\x02\x03\x04" * 5, b"", b"\xff" * 40]
@@ -112,7 +112,3 @@ def test_describe_reports_sizes():
 def test_container_does_not_import_torch():
     code = "import sys, codec.container; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_layer_entry_is_plain_data():
-    assert LayerEntry(3, 7) == LayerEntry(3, 7)
