@@ -129,7 +129,7 @@ def denoising_loss(model: UNet, schedule: LinearSchedule, x0: torch.Tensor) -> t
     """The DDPM training loss: MSE between the noise and its prediction at a uniform random step."""
     t = torch.randint(0, schedule.steps, (x0.shape[0],), device=x0.device)
     noise = torch.randn_like(x0)
-    return F.mse_loss(model(schedule.add_noise(x0, t, noise), t), noise)
+    return F.mse_loss(model(schedule.add_noise(x0, t, noise), t).float(), noise)
 
 
 def sample(model: Callable, schedule: LinearSchedule, x_start: torch.Tensor, t_start: int, steps: int,

@@ -103,6 +103,15 @@ class ProgressiveCodec(nn.Module):
             ))
         self.entropy_bottleneck = EntropyBottleneck(Z)
         self.scale_bound = LowerBound(SCALE_MIN)
+        # Training may run the big image-resolution transforms (g_a, h_a, g_s) under bf16 autocast
+        # (about 2x faster on CPUs with AMX/AVX512-BF16); everything that sets rates stays fp32.
+        self.transform_dtype: torch.dtype | None = None
+
+    def _transform(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.transform_dtype is None:
+            return net(x)
+        with torch.autocast(x.device.type, dtype=self.transform_dtype):
+            return net(x).float()
 
     # -- float path (training, estimates) ---------------------------------------------------------
 
@@ -143,13 +152,13 @@ class ProgressiveCodec(nn.Module):
         """Training pass. Returns the full reconstruction and, for `level` (slices transmitted,
         0..len(slices)), the reconstruction with the missing slices filled by their means.
         Likelihoods: "z" and one tensor per slice."""
-        y = self.g_a(x)
-        z_hat, z_lik = self.entropy_bottleneck(self.h_a(y))
+        y = self._transform(self.g_a, x)
+        z_hat, z_lik = self.entropy_bottleneck(self._transform(self.h_a, y))
         hyper = self.h_s(z_hat)
         y_hat, liks = self._quantized_slices(y, hyper, len(self.cfg.slices))
-        out = {"x_full": self.g_s(torch.cat(y_hat, dim=1)), "likelihoods": {"z": z_lik, "y": liks}}
+        out = {"x_full": self._transform(self.g_s, torch.cat(y_hat, dim=1)), "likelihoods": {"z": z_lik, "y": liks}}
         if level is not None and level < len(self.cfg.slices):
-            out["x_level"] = self.g_s(self._fill_missing_slices(hyper, y_hat[:level]))
+            out["x_level"] = self._transform(self.g_s, self._fill_missing_slices(hyper, y_hat[:level]))
         return out
 
     def reencode(self, x: torch.Tensor, level: int) -> torch.Tensor:

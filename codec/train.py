@@ -91,11 +91,12 @@ def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt,
         task = bar.add_task("training", total=steps, completed=step)
         while step < steps:
             elapsed_min = (time.time() - t0) / 60
-            if max_minutes is not None:
-                if elapsed_min > max_minutes:
-                    break
-                for g in opt.param_groups:
-                    g["lr"] = lr / 10 if elapsed_min > 0.85 * max_minutes else lr
+            if max_minutes is not None and elapsed_min > max_minutes:
+                break
+            # set every step: a resumed optimiser state carries the previous run's rate
+            final_phase = max_minutes is not None and elapsed_min > 0.85 * max_minutes
+            for g in opt.param_groups:
+                g["lr"] = lr / 10 if final_phase else lr
             for k, v in train_step(step).items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1
@@ -114,6 +115,9 @@ def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt,
     return step
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
 def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
     if threads:
         torch.set_num_threads(threads)
@@ -127,10 +131,11 @@ def train_codec(
     data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 1e-3,
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
-    max_minutes: float | None = None, reg_alpha: float = 0.0,
+    max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32",
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
-    `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py)."""
+    `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
+    "bf16" runs the image-resolution transforms under bf16 autocast."""
     from .weights import export_weights, load_float_model
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -162,10 +167,12 @@ def train_codec(
     sampler = CropSampler(data_dir, patch_size, seed=seed + step)
     lambdas = level_lambdas(len(cfg.slices))
     model.train()
+    model.transform_dtype = PRECISIONS[precision]
+    model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
 
     def train_step(step: int) -> dict:
         level = step % len(cfg.slices)
-        x = sampler.batch(batch_size)
+        x = sampler.batch(batch_size).contiguous(memory_format=torch.channels_last)
         terms = progressive_loss(model, x, level, lambdas)
         loss, record = terms["loss"], {}
         if source_model is not None:
@@ -208,9 +215,10 @@ def train_prior(
     data_dir: Path, out_dir: Path, steps: int, batch_size: int = 16, patch_size: int = 64, lr: float = 2e-4,
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg=None, progress: bool = True, max_minutes: float | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """Train (or resume) the diffusion prior (ε-prediction, uniform t); writes `out_dir/checkpoint.pt`
-    and `out_dir/prior.safetensors`."""
+    and `out_dir/prior.safetensors`. `precision` "bf16" runs the UNet under bf16 autocast."""
     from .diffusion import LinearSchedule, UNet, UNetConfig, denoising_loss
     from .perceptual import export_prior, load_prior
 
@@ -232,9 +240,13 @@ def train_prior(
     sampler = CropSampler(data_dir, patch_size, seed=seed + step)
     schedule = LinearSchedule()
     model.train()
+    model.to(memory_format=torch.channels_last)
+    dtype = PRECISIONS[precision]
 
     def train_step(step: int) -> dict:
-        loss = denoising_loss(model, schedule, sampler.batch(batch_size) * 2 - 1)
+        x0 = sampler.batch(batch_size).contiguous(memory_format=torch.channels_last) * 2 - 1
+        with torch.autocast(x0.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = denoising_loss(model, schedule, x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -173,11 +174,15 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
     sic = tmp_path / "t.sic"
     assert run("encode", images[0], "-o", sic, "--weights", weights).exit_code == 0
     assert run("decode", sic, "-o", tmp_path / "t.png", "--weights", weights).exit_code == 0
-    # resume continues from the checkpoint
+    # resume continues from the checkpoint, at the learning rate asked for (not the checkpoint's),
+    # here with the transforms under bf16 autocast
     r = run("train", "codec", data, "--out", out, "--steps", 8, "--batch-size", 2, "--patch-size", 64,
-            "--resume", out / "checkpoint.pt", "-q", "--reg-alpha", 0.1)
+            "--resume", out / "checkpoint.pt", "-q", "--reg-alpha", 0.1, "--lr", 5e-5, "--precision", "bf16")
     assert r.exit_code == 0, r.stderr
-    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 8
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 8 and np.isfinite(last["loss"])
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["opt"]["param_groups"][0]["lr"] == 5e-5
 
 
 def test_eval_writes_curves_table_and_plot(run, tmp_path, tiny_weights):
