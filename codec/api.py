@@ -87,18 +87,18 @@ def codec_for(header: Header, weights: Path | None = None):
     return load_codec(path)
 
 
-PERCEPTUAL_MAX_PIXELS = 4_000_000
-
-
 def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None = None, bpp: float | None = None,
                  nbytes: int | None = None, allow_partial: bool = False, sample: bool = False,
                  seed: int | None = None, perceptual: bool = False, strength: float = 1.0, steps: int = 50,
-                 device: str = "auto", prior_weights: Path | None = None, on_step=None) -> Image.Image:
+                 device: str = "auto", prior_weights: Path | None = None, zeta: float | None = None,
+                 on_step=None) -> Image.Image:
     """Decode `.sic` bytes to a PIL image (mode per imageio's table; ICC/EXIF in `img.info`).
 
     `sample` fills the missing slices with a random synonymous latent (seeded) instead of the means.
     `perceptual` samples the diffusion prior under the constraint that re-encoding the result gives
-    the layers decoded (idempotent inversion); `strength` 0..1 trades distortion for realism."""
+    the layers decoded (idempotent inversion); `strength` 0..1 trades distortion for realism, `zeta`
+    sets the guidance step (default perceptual.ZETA);
+    `on_step(done, total)` reports its sampler steps."""
     _check_rate(layers, bpp, nbytes)
     cont = container.parse(data)
     if cont.problem and not (allow_partial and cont.intact):
@@ -109,15 +109,13 @@ def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None
     if perceptual:
         from .perceptual import invert, prior_for, resolve_device
 
-        if header.width * header.height > PERCEPTUAL_MAX_PIXELS:
-            raise SiccError(f"--perceptual supports images up to {PERCEPTUAL_MAX_PIXELS // 10**6} megapixels for now")
         prior = prior_for(prior_weights)
         dev = resolve_device(device)
     codec = codec_for(header, weights).to(dev if perceptual else "cpu")
     hp, wp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
     x = codec.decode(list(cont.payloads[:k]), hp, wp, fill="sample" if sample else "mean", seed=seed)
     if perceptual:
-        x = invert(codec.model, x, k - 1, prior, strength, steps, seed or 0, on_step=on_step)
+        x = invert(codec.model, x, k - 1, prior, strength, steps, seed or 0, zeta, on_step=on_step)
     rgb = x[0, :, : header.height, : header.width].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     alpha = unpack_alpha(header.alpha, header.width, header.height) if header.alpha else None
     img = to_pil(np.ascontiguousarray(rgb), alpha, header.mode)

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -100,9 +101,10 @@ def plan_jobs(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[
     return [Job(s, str((Path(output) if output else Path(s).parent) / (Path(s).stem + suffix))) for s in inputs]
 
 
-def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, label: str) -> int:
+def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, label: str, bar=None) -> int:
     """Run `work(job)` for every job (in `workers` threads), report failures one line each, and
-    return the exit code: 0 if all succeeded, 1 otherwise."""
+    return the exit code: 0 if all succeeded, 1 otherwise. `bar`: a rich Progress already on
+    screen to add the file count to (rich shows one live display at a time)."""
     import torch
 
     if workers > 1:
@@ -128,10 +130,12 @@ def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, labe
             return f"{type(e).__name__}: {e}"
 
     show = not quiet and sys.stderr.isatty() and len(jobs) > 1
+    from contextlib import nullcontext
+
     from rich.progress import Progress
 
-    with Progress(disable=not show, transient=True) as bar:
-        task = bar.add_task(label, total=len(jobs))
+    with nullcontext(bar) if bar is not None else Progress(disable=not show, transient=True) as bar:
+        task = bar.add_task(label, total=len(jobs), visible=show)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for job, err in zip(jobs, pool.map(guarded, jobs)):
                 bar.advance(task)
@@ -229,33 +233,59 @@ def decode(inputs, output, layers, bpp, nbytes, sample, seed, perceptual, streng
     from .imageio import image_bytes, output_format
 
     plan = plan_jobs(inputs, output, ".png")
-    notice = _StepNotice(steps, quiet) if perceptual else None
 
     def work(job: Job):
+        name = "<stdin>" if job.source == STDIO else job.source
         img = decode_image(read_input(job.source), weights=weights, layers=layers, bpp=bpp, nbytes=nbytes,
                            allow_partial=allow_partial, sample=sample, seed=seed, perceptual=perceptual,
                            strength=strength, steps=steps, device=device, prior_weights=prior_weights,
-                           on_step=notice)
+                           on_step=progress.for_image(name) if perceptual else None)
         write_atomic(job.target, image_bytes(img, output_format(None if job.target == STDIO else job.target)), force)
 
-    sys.exit(run_jobs(plan, work, jobs, quiet, debug, "decoding"))
+    with _SamplerProgress(quiet) as progress:
+        code = run_jobs(plan, work, jobs, quiet, debug, "decoding", progress.bar)
+    sys.exit(code)
 
 
-class _StepNotice:
-    """Perceptual decoding is slow on a CPU: after the second sampler step, say how long it will take."""
+class _SamplerProgress:
+    """Perceptual decoding is slow on a CPU: a progress bar with ETA per image on a terminal, else one
+    line after the second sampler step saying how long the image will take."""
 
-    def __init__(self, steps: int, quiet: bool):
-        self.steps, self.quiet, self.last, self.told = steps, quiet, None, False
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+        from rich.progress import Progress
 
-    def __call__(self, i: int):
+        self.quiet = quiet
+        self.bar = Progress(console=Console(stderr=True), disable=quiet or not sys.stderr.isatty(), transient=True)
+        self.lock = threading.Lock()
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def for_image(self, name: str):
         import time
 
-        now = time.perf_counter()
-        if i == 1 and self.last is not None and not (self.told or self.quiet):
-            self.told = True
-            click.echo(f"sicc: perceptual decoding takes about {(now - self.last) * self.steps:.0f} s per image "
-                       f"here ({self.steps} steps; a CUDA device is much faster)", err=True)
-        self.last = now
+        task, started = None, [0.0]
+
+        def on_step(done: int, total: int):
+            nonlocal task
+            with self.lock:
+                if task is None:
+                    task = self.bar.add_task(f"perceptual {name}", total=total)
+                    started[0] = time.perf_counter()
+                self.bar.update(task, completed=done)
+                if done == 2 and self.bar.disable and not self.quiet:
+                    left = (time.perf_counter() - started[0]) * (total - done) / (done - 1)
+                    click.echo(f"sicc: {name}: perceptual decoding needs about {left:.0f} s more here "
+                               f"({total} sampler steps; a CUDA device is much faster)", err=True)
+                if done == total:
+                    self.bar.remove_task(task)
+
+        return on_step
 
 
 @cli.command()

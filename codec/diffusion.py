@@ -132,6 +132,12 @@ def denoising_loss(model: UNet, schedule: LinearSchedule, x0: torch.Tensor) -> t
     return F.mse_loss(model(schedule.add_noise(x0, t, noise), t).float(), noise)
 
 
+def sampler_steps(t_start: int, steps: int) -> list[int]:
+    """The schedule steps a sampler of `steps` steps visits from t_start down to 0 (fewer when
+    t_start < steps)."""
+    return torch.linspace(t_start, 0, max(1, steps)).round().long().unique_consecutive().tolist()
+
+
 def sample(model: Callable, schedule: LinearSchedule, x_start: torch.Tensor, t_start: int, steps: int,
            eta: float = 1.0, guidance: Callable[[torch.Tensor], torch.Tensor] | None = None, zeta: float = 0.6,
            generator: torch.Generator | None = None, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
@@ -139,7 +145,7 @@ def sample(model: Callable, schedule: LinearSchedule, x_start: torch.Tensor, t_s
 
     With `guidance`, a loss of the predicted clean image x̂0, every step subtracts ζ·∇_{x_t} loss
     (DPS). Returns the final image, clamped to [-1, 1]."""
-    ts = torch.linspace(t_start, 0, max(1, steps)).round().long().unique_consecutive().tolist()
+    ts = sampler_steps(t_start, steps)
     x = x_start
     x0 = x_start.clamp(-1, 1)
     for i, t in enumerate(ts):

@@ -17,12 +17,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .diffusion import LinearSchedule, UNet, UNetConfig, sample
+from .diffusion import LinearSchedule, UNet, UNetConfig, sample, sampler_steps
 from .errors import SiccError
 
 PRIOR_FORMAT = "sicc-prior-1"
 DEFAULT_PRIOR = "sicc-prior.safetensors"
 ZETA = 0.6  # DPS step size (paper)
+# Back-projection iterations after sampling: x += x_mse - reencode(x) moves only what the transmitted
+# layers see (the codec's decode is smooth at low layer counts), so detail stays and idempotence holds.
+PROJECTIONS = 5
 
 
 def export_prior(model: UNet, path: Path) -> bytes:
@@ -68,10 +71,49 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# Large images are inverted in overlapping tiles (bounded memory), cross-faded over the overlap.
+# Multiples of the codec's 64-px grid, so every tile re-encodes on the file's latent grid.
+TILE_PX, TILE_OVERLAP_PX = 512, 64
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of side `tile` covering 0..size, neighbours overlapping by at least `overlap`."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return starts + [size - tile]
+
+
+def _crossfade(height: int, width: int, overlap: int, top: bool, bottom: bool, left: bool, right: bool) -> torch.Tensor:
+    """Tile weights: 1 inside, ramping towards 0 across `overlap` px on sides shared with a neighbour."""
+
+    def ramp(n: int, start: bool, end: bool) -> torch.Tensor:
+        w = torch.ones(n)
+        r = (torch.arange(min(overlap, n), dtype=torch.float32) + 0.5) / overlap
+        if start:
+            w[: len(r)] = torch.minimum(w[: len(r)], r)
+        if end:
+            w[n - len(r):] = torch.minimum(w[n - len(r):], r.flip(0))
+        return w
+
+    return ramp(height, top, bottom)[:, None] * ramp(width, left, right)[None, :]
+
+
+@torch.no_grad()
+def enforce_idempotence(codec_model, x: torch.Tensor, level: int, target: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Pull x in [0, 1] towards the set of images whose re-encoding at `level` decodes to `target`."""
+    for _ in range(iterations):
+        x = (x + target - codec_model.reencode(x, level)).clamp(0.0, 1.0)
+    return x
+
+
 def invert(codec_model, x_mse: torch.Tensor, level: int, prior: UNet, strength: float = 1.0, steps: int = 50,
-           seed: int = 0, zeta: float = ZETA, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+           seed: int = 0, zeta: float | None = None, on_step: Callable[[int, int], None] | None = None,
+           tile: int = TILE_PX, overlap: int = TILE_OVERLAP_PX, projections: int = PROJECTIONS) -> torch.Tensor:
     """x_mse [1, 3, H, W] in [0, 1] (H, W padded for the codec), `level` slices transmitted ->
-    a perceptual reconstruction in [0, 1] on x_mse's device."""
+    a perceptual reconstruction in [0, 1] on x_mse's device. `on_step(done, total)` counts sampler
+    steps over all tiles; `zeta` is the guidance step (default ZETA)."""
+    zeta = ZETA if zeta is None else zeta
     if not 0.0 <= strength <= 1.0:
         raise SiccError("--strength must be between 0 and 1")
     if strength == 0.0:
@@ -80,15 +122,29 @@ def invert(codec_model, x_mse: torch.Tensor, level: int, prior: UNet, strength: 
     prior = prior.to(device)
     codec_model = codec_model.to(device).requires_grad_(False)
     target = x_mse.detach().clone()  # a normal tensor (decode ran under inference_mode)
+    _, _, H, W = target.shape
+    rows, cols = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
     schedule = LinearSchedule()
     t_start = int(round(strength * (schedule.steps - 1)))
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(target.shape, generator=gen).to(device)
-    x_start = schedule.add_noise(target * 2 - 1, torch.tensor([t_start], device=device), noise)
+    per_tile = len(sampler_steps(t_start, steps))
+    total = per_tile * len(rows) * len(cols)
+    gen = torch.Generator().manual_seed(seed)  # one stream, tiles in order: deterministic
+    out = torch.zeros_like(target)
+    weight = torch.zeros((1, 1, H, W), device=device)
+    for n, (top, left) in enumerate((r, c) for r in rows for c in cols):
+        part = target[:, :, top: top + tile, left: left + tile]
+        noise = torch.randn(part.shape, generator=gen).to(device)
+        x_start = schedule.add_noise(part * 2 - 1, torch.tensor([t_start], device=device), noise)
 
-    def idempotence(x0: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm(codec_model.reencode((x0 + 1) / 2, level) - target)
+        def idempotence(x0: torch.Tensor, part=part) -> torch.Tensor:
+            return torch.linalg.vector_norm(codec_model.reencode((x0 + 1) / 2, level) - part)
 
-    out = sample(prior, schedule, x_start, t_start, steps, eta=1.0, guidance=idempotence, zeta=zeta,
-                 generator=gen, on_step=on_step)
-    return (out + 1) / 2
+        step_done = None if on_step is None else (lambda i, base=n * per_tile: on_step(base + i + 1, total))
+        result = sample(prior, schedule, x_start, t_start, steps, eta=1.0, guidance=idempotence, zeta=zeta,
+                        generator=gen, on_step=step_done)
+        result = enforce_idempotence(codec_model, (result + 1) / 2, level, part, projections) * 2 - 1
+        h, w = part.shape[2:]
+        fade = _crossfade(h, w, overlap, top > 0, top + h < H, left > 0, left + w < W).to(device)
+        out[:, :, top: top + h, left: left + w] += (result + 1) / 2 * fade
+        weight[:, :, top: top + h, left: left + w] += fade
+    return out / weight

@@ -1,0 +1,112 @@
+"""Plain vs --sample vs --perceptual decodes at low layer counts (issue 4's measurements).
+
+For each image (a centre crop), encode once with the codec weights, then per layer count compare to the
+source: PSNR and LPIPS of the plain decode, the synonymous decode (--sample) and perceptual decodes
+for each strength / step count / ζ; the idempotence residual (PSNR between the plain decode of the
+re-encoded perceptual output and the plain decode); and seconds per perceptual decode on this machine.
+
+    python benchmarks/perceptual.py ../shared/data/kodak --images 6 --crop 256 --layers 2,3 \
+        --strengths 0.3,0.5,1.0 --steps 25 --prior-weights weights/sicc-prior.safetensors --out perceptual.json
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from PIL import Image
+
+from codec.api import decode_image, encode_image
+from codec.evaluate import lpips, psnr
+from codec.perceptual import ZETA
+
+
+def centre_crop(img: Image.Image, size: int) -> Image.Image:
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--images", default=6, show_default=True, help="First N images of the dataset.")
+@click.option("--crop", default=256, show_default=True)
+@click.option("--layers", default="2,3", show_default=True)
+@click.option("--strengths", default="0.3,0.5,1.0", show_default=True)
+@click.option("--steps", default="25", show_default=True)
+@click.option("--zetas", default=str(ZETA), show_default=True)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prior-weights", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threads", default=2, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="perceptual.json", show_default=True)
+def main(dataset, images, crop, layers, strengths, steps, zetas, weights, prior_weights, threads, out):
+    torch.set_num_threads(threads)
+    rows = []
+    paths = sorted(p for p in dataset.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:images]
+    for path in paths:
+        src = centre_crop(Image.open(path).convert("RGB"), crop)
+        ref = np.asarray(src)
+        data = encode_image(src, weights=weights)
+        for k in (int(v) for v in layers.split(",")):
+            plain = np.asarray(decode_image(data, weights=weights, layers=k))
+            variants = [("plain", {}, plain, 0.0), ("sample", {}, np.asarray(
+                decode_image(data, weights=weights, layers=k, sample=True, seed=0)), 0.0)]
+            for strength in floats(strengths):
+                for n in (int(v) for v in steps.split(",")):
+                    for zeta in floats(zetas):
+                        t0 = time.perf_counter()
+                        img = decode_image(data, weights=weights, layers=k, perceptual=True, strength=strength,
+                                           steps=n, zeta=zeta, device="cpu", prior_weights=prior_weights, seed=0)
+                        variants.append(("perceptual", {"strength": strength, "steps": n, "zeta": zeta},
+                                         np.asarray(img), time.perf_counter() - t0))
+            for name, settings, rec, seconds in variants:
+                again = np.asarray(decode_image(encode_image(Image.fromarray(rec), weights=weights),
+                                                weights=weights, layers=k))
+                row = {"image": path.name, "layers": k, "decode": name, **settings,
+                       "bpp": 8 * len(data[: _prefix(data, k)]) / crop**2, "psnr": psnr(ref, rec),
+                       "lpips": lpips(ref, rec), "idempotence_psnr": psnr(again, plain), "seconds": seconds}
+                rows.append(row)
+                click.echo(json.dumps(row), err=True)
+    out.write_text(json.dumps({"rows": rows, "summary": summary(rows)}, indent=1))
+    click.echo(markdown(summary(rows)))
+
+
+def _prefix(data: bytes, k: int) -> int:
+    from codec import container
+
+    return container.prefix_size(container.parse(data).header, k)
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    keys = sorted({(r["layers"], r["decode"], r.get("strength", -1), r.get("steps", 0), r.get("zeta", 0))
+                   for r in rows})
+    out = []
+    for key in keys:
+        group = [r for r in rows if (r["layers"], r["decode"], r.get("strength", -1), r.get("steps", 0),
+                                     r.get("zeta", 0)) == key]
+        out.append({"layers": key[0], "decode": key[1], "strength": key[2], "steps": key[3], "zeta": key[4],
+                    "images": len(group), **{m: float(np.mean([r[m] for r in group]))
+                                             for m in ("bpp", "psnr", "lpips", "idempotence_psnr", "seconds")}})
+    return out
+
+
+def markdown(summary_rows: list[dict]) -> str:
+    lines = ["| layers | bpp | decode | strength | steps | ζ | PSNR | LPIPS | idempotence PSNR | s/image |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary_rows:
+        p = r["decode"] == "perceptual"
+        lines.append(f"| {r['layers']} | {r['bpp']:.3f} | {r['decode']} | {r['strength'] if p else ''} | "
+                     f"{r['steps'] if p else ''} | {r['zeta'] if p else ''} | {r['psnr']:.2f} | {r['lpips']:.4f} | "
+                     f"{r['idempotence_psnr']:.2f} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
