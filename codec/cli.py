@@ -101,6 +101,10 @@ def plan_jobs(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[
     return [Job(s, str((Path(output) if output else Path(s).parent) / (Path(s).stem + suffix))) for s in inputs]
 
 
+# Set on Ctrl-C while worker threads run: long jobs (perceptual sampling) check it and stop.
+INTERRUPTED = threading.Event()
+
+
 def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, label: str, bar=None) -> int:
     """Run `work(job)` for every job (in `workers` threads), report failures one line each, and
     return the exit code: 0 if all succeeded, 1 otherwise. `bar`: a rich Progress already on
@@ -134,15 +138,29 @@ def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, labe
 
     from rich.progress import Progress
 
+    def report(job: Job, err: str | None):
+        bar.advance(task)
+        if err is not None:
+            name = "<stdin>" if job.source == STDIO else job.source
+            _fail(name, err)
+            failures.append(name)
+
     with nullcontext(bar) if bar is not None else Progress(disable=not show, transient=True) as bar:
         task = bar.add_task(label, total=len(jobs), visible=show)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for job, err in zip(jobs, pool.map(guarded, jobs)):
-                bar.advance(task)
-                if err is not None:
-                    name = "<stdin>" if job.source == STDIO else job.source
-                    _fail(name, err)
-                    failures.append(name)
+        if workers <= 1:
+            # in this thread, so Ctrl-C stops the file being worked on at once
+            for job in jobs:
+                report(job, guarded(job))
+        else:
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
+                for job, err in zip(jobs, pool.map(guarded, jobs)):
+                    report(job, err)
+            except KeyboardInterrupt:
+                INTERRUPTED.set()  # files in flight stop at their next check; queued ones never start
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     if failures and len(jobs) > 1:
         click.echo(f"sicc: {len(failures)} of {len(jobs)} inputs failed: {', '.join(failures)}", err=True)
     return 1 if failures else 0
@@ -273,6 +291,8 @@ class _SamplerProgress:
 
         def on_step(done: int, total: int):
             nonlocal task
+            if INTERRUPTED.is_set():
+                raise KeyboardInterrupt
             with self.lock:
                 if task is None:
                     task = self.bar.add_task(f"perceptual {name}", total=total)
@@ -427,8 +447,13 @@ def train_prior_cmd(data_dir, small, quiet, **kwargs):
 
 
 def main():
+    # not click's standalone mode: it turns Ctrl-C into "Aborted!" and exit code 1
     try:
-        cli.main(prog_name="sicc")
-    except KeyboardInterrupt:
+        code = cli.main(prog_name="sicc", standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("sicc: interrupted", err=True)
         sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

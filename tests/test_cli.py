@@ -220,3 +220,32 @@ def test_outputs_get_normal_permissions_and_missing_folders_fail_cleanly(run, im
     r = run("encode", images[0], "-o", tmp_path / "no" / "such" / "dir.sic", "--weights", tiny_weights)
     assert r.exit_code == 1
     one_error_line(r, "cannot write")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_stops_a_batch_and_leaves_only_complete_files(tmp_path, tiny_weights, jobs):
+    import signal
+    import time
+
+    from codec import container
+
+    sources = []
+    for i in range(40):
+        sources.append(tmp_path / f"{i:02d}.png")
+        photo(512, 384, seed=i).save(sources[-1])
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", "from codec.cli import main; main()", "encode", *map(str, sources),
+                             "-o", str(out), "--weights", str(tiny_weights), "-j", jobs],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 120
+    while not (out.exists() and any(out.glob("*.sic"))) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.decode().strip().splitlines()[-1] == "sicc: interrupted" and b"Traceback" not in err
+    written = sorted(p.name for p in out.iterdir())
+    assert 0 < len(written) < len(sources) and all(name.endswith(".sic") for name in written)  # no temp files
+    for name in written:
+        assert not container.parse((out / name).read_bytes()).problem
