@@ -13,12 +13,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from compressai.entropy_models import EntropyBottleneck
-from compressai.layers import GDN
-from compressai.ops import LowerBound, quantize_ste
 from torch import nn
 
 from .exact import ONE, IntSequential, to_fixed
+from .layers import GDN, EntropyBottleneck, LowerBound, quantize_ste
 
 SCALE_MIN = 0.11  # lower bound of the Gaussian scales, as in CompressAI
 LIKELIHOOD_MIN = 1e-9

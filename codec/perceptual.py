@@ -73,7 +73,7 @@ def resolve_device(device: str) -> torch.device:
 
 # Large images are inverted in overlapping tiles (bounded memory), cross-faded over the overlap.
 # Multiples of the codec's 64-px grid, so every tile re-encodes on the file's latent grid.
-TILE_PX, TILE_OVERLAP_PX = 512, 64
+TILE_PX, TILE_OVERLAP_PX = 384, 64
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -84,19 +84,16 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts + [size - tile]
 
 
-def _crossfade(height: int, width: int, overlap: int, top: bool, bottom: bool, left: bool, right: bool) -> torch.Tensor:
-    """Tile weights: 1 inside, ramping towards 0 across `overlap` px on sides shared with a neighbour."""
-
-    def ramp(n: int, start: bool, end: bool) -> torch.Tensor:
-        w = torch.ones(n)
-        r = (torch.arange(min(overlap, n), dtype=torch.float32) + 0.5) / overlap
-        if start:
-            w[: len(r)] = torch.minimum(w[: len(r)], r)
-        if end:
-            w[n - len(r):] = torch.minimum(w[n - len(r):], r.flip(0))
-        return w
-
-    return ramp(height, top, bottom)[:, None] * ramp(width, left, right)[None, :]
+def crossfade(n: int, overlap: int, start: bool, end: bool) -> torch.Tensor:
+    """1-D tile weights: 1 inside, ramping towards 0 across `overlap` px at ends shared with a
+    neighbour. A tile's 2-D weight is the outer product of its row and column ramps."""
+    w = torch.ones(n)
+    r = (torch.arange(min(overlap, n), dtype=torch.float32) + 0.5) / overlap
+    if start:
+        w[: len(r)] = torch.minimum(w[: len(r)], r)
+    if end:
+        w[n - len(r):] = torch.minimum(w[n - len(r):], r.flip(0))
+    return w
 
 
 @torch.no_grad()
@@ -121,18 +118,28 @@ def invert(codec_model, x_mse: torch.Tensor, level: int, prior: UNet, strength: 
     device = x_mse.device
     prior = prior.to(device)
     codec_model = codec_model.to(device).requires_grad_(False)
-    target = x_mse.detach().clone()  # a normal tensor (decode ran under inference_mode)
-    _, _, H, W = target.shape
+    _, _, H, W = x_mse.shape
     rows, cols = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
     schedule = LinearSchedule()
     t_start = int(round(strength * (schedule.steps - 1)))
     per_tile = len(sampler_steps(t_start, steps))
     total = per_tile * len(rows) * len(cols)
     gen = torch.Generator().manual_seed(seed)  # one stream, tiles in order: deterministic
-    out = torch.zeros_like(target)
-    weight = torch.zeros((1, 1, H, W), device=device)
-    for n, (top, left) in enumerate((r, c) for r in rows for c in cols):
-        part = target[:, :, top: top + tile, left: left + tile]
+
+    def fades(starts: list[int], size: int) -> list[torch.Tensor]:
+        return [crossfade(min(tile, size - s), overlap, s > 0, s + tile < size).to(device) for s in starts]
+
+    row_fades, col_fades = fades(rows, H), fades(cols, W)
+    # The tile grid is a product of rows and columns, so the summed weights are too: kept as two
+    # 1-D sums instead of a full-size map (memory on 24 MP images).
+    row_sum, col_sum = torch.zeros(H, device=device), torch.zeros(W, device=device)
+    for r, f in zip(rows, row_fades):
+        row_sum[r: r + len(f)] += f
+    for c, f in zip(cols, col_fades):
+        col_sum[c: c + len(f)] += f
+    out = torch.zeros(x_mse.shape, device=device)
+    for n, ((top, fy), (left, fx)) in enumerate((r, c) for r in zip(rows, row_fades) for c in zip(cols, col_fades)):
+        part = x_mse[:, :, top: top + tile, left: left + tile].clone()  # a normal tensor, outside inference_mode
         noise = torch.randn(part.shape, generator=gen).to(device)
         x_start = schedule.add_noise(part * 2 - 1, torch.tensor([t_start], device=device), noise)
 
@@ -142,9 +149,6 @@ def invert(codec_model, x_mse: torch.Tensor, level: int, prior: UNet, strength: 
         step_done = None if on_step is None else (lambda i, base=n * per_tile: on_step(base + i + 1, total))
         result = sample(prior, schedule, x_start, t_start, steps, eta=1.0, guidance=idempotence, zeta=zeta,
                         generator=gen, on_step=step_done)
-        result = enforce_idempotence(codec_model, (result + 1) / 2, level, part, projections) * 2 - 1
-        h, w = part.shape[2:]
-        fade = _crossfade(h, w, overlap, top > 0, top + h < H, left > 0, left + w < W).to(device)
-        out[:, :, top: top + h, left: left + w] += (result + 1) / 2 * fade
-        weight[:, :, top: top + h, left: left + w] += fade
-    return out / weight
+        result = enforce_idempotence(codec_model, (result + 1) / 2, level, part, projections)
+        out[:, :, top: top + len(fy), left: left + len(fx)] += result * fy[:, None] * fx[None, :]
+    return out.div_(row_sum.view(1, 1, H, 1)).div_(col_sum.view(1, 1, 1, W))

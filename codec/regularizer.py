@@ -10,7 +10,7 @@ R + λD − α·H(X|X̂), with H estimated as E[−log2 q(x|x̂)] in bits per pi
 from __future__ import annotations
 
 import torch
-from compressai.ops import LowerBound
+from .layers import LowerBound
 from torch import nn
 
 BIN = 1.0 / 255.0

@@ -28,7 +28,7 @@ DEFAULT_WEIGHTS = "sicc-base.safetensors"
 SCALE_LEVELS, SCALE_MAX = 64, 256.0
 GAUSSIAN_TAIL_SIGMAS = 5.0  # table support is +-(5 sigma + 1); values beyond it are escaped
 Z_TABLE_MAX = 4096
-_SKIPPED = ("_quantized_cdf", "_offset", "_cdf_length")  # CompressAI's own tables: we ship ours
+_SKIPPED = ("_quantized_cdf", "_offset", "_cdf_length")  # CompressAI's tables, in checkpoints made with it
 
 
 def shipped_weights_dir() -> Path:
