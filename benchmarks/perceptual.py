@@ -6,7 +6,7 @@ for each strength / step count / ζ; the idempotence residual (PSNR between the 
 re-encoded perceptual output and the plain decode); and seconds per perceptual decode on this machine.
 
     python benchmarks/perceptual.py ../shared/data/kodak --images 6 --crop 256 --layers 2,3 \
-        --strengths 0.3,0.5,1.0 --steps 25 --prior-weights weights/sicc-prior.safetensors --out perceptual.json
+        --strengths 0.3,1.0 --steps 10,20 --guidance project,dps --prior-weights weights/sicc-prior.safetensors --out perceptual.json
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ def floats(text: str) -> list[float]:
 @click.option("--layers", default="2,3", show_default=True)
 @click.option("--strengths", default="0.3,0.5,1.0", show_default=True)
 @click.option("--steps", default="25", show_default=True)
-@click.option("--zetas", default=str(ZETA), show_default=True)
+@click.option("--guidance", "methods", default="project", show_default=True, help="project, dps or both.")
+@click.option("--zeta", default=ZETA, show_default=True, help="DPS step.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--prior-weights", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--threads", default=2, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="perceptual.json", show_default=True)
-def main(dataset, images, crop, layers, strengths, steps, zetas, weights, prior_weights, threads, out):
+def main(dataset, images, crop, layers, strengths, steps, methods, zeta, weights, prior_weights, threads, out):
     torch.set_num_threads(threads)
     rows = []
     paths = sorted(p for p in dataset.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:images]
@@ -60,11 +61,12 @@ def main(dataset, images, crop, layers, strengths, steps, zetas, weights, prior_
                 decode_image(data, weights=weights, layers=k, sample=True, seed=0)), 0.0)]
             for strength in floats(strengths):
                 for n in (int(v) for v in steps.split(",")):
-                    for zeta in floats(zetas):
+                    for method in methods.split(","):
                         t0 = time.perf_counter()
                         img = decode_image(data, weights=weights, layers=k, perceptual=True, strength=strength,
-                                           steps=n, zeta=zeta, device="cpu", prior_weights=prior_weights, seed=0)
-                        variants.append(("perceptual", {"strength": strength, "steps": n, "zeta": zeta},
+                                           steps=n, guidance=method, zeta=zeta, device="cpu",
+                                           prior_weights=prior_weights, seed=0)
+                        variants.append(("perceptual", {"strength": strength, "steps": n, "guidance": method},
                                          np.asarray(img), time.perf_counter() - t0))
             for name, settings, rec, seconds in variants:
                 again = np.asarray(decode_image(encode_image(Image.fromarray(rec), weights=weights),
@@ -85,25 +87,25 @@ def _prefix(data: bytes, k: int) -> int:
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    keys = sorted({(r["layers"], r["decode"], r.get("strength", -1), r.get("steps", 0), r.get("zeta", 0))
-                   for r in rows})
+    def key(r):
+        return r["layers"], r["decode"], r.get("strength", -1), r.get("steps", 0), r.get("guidance", "")
+
     out = []
-    for key in keys:
-        group = [r for r in rows if (r["layers"], r["decode"], r.get("strength", -1), r.get("steps", 0),
-                                     r.get("zeta", 0)) == key]
-        out.append({"layers": key[0], "decode": key[1], "strength": key[2], "steps": key[3], "zeta": key[4],
+    for k in sorted({key(r) for r in rows}):
+        group = [r for r in rows if key(r) == k]
+        out.append({"layers": k[0], "decode": k[1], "strength": k[2], "steps": k[3], "guidance": k[4],
                     "images": len(group), **{m: float(np.mean([r[m] for r in group]))
                                              for m in ("bpp", "psnr", "lpips", "idempotence_psnr", "seconds")}})
     return out
 
 
 def markdown(summary_rows: list[dict]) -> str:
-    lines = ["| layers | bpp | decode | strength | steps | ζ | PSNR | LPIPS | idempotence PSNR | s/image |",
+    lines = ["| layers | bpp | decode | strength | steps | guidance | PSNR | LPIPS | idempotence PSNR | s/image |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary_rows:
         p = r["decode"] == "perceptual"
         lines.append(f"| {r['layers']} | {r['bpp']:.3f} | {r['decode']} | {r['strength'] if p else ''} | "
-                     f"{r['steps'] if p else ''} | {r['zeta'] if p else ''} | {r['psnr']:.2f} | {r['lpips']:.4f} | "
+                     f"{r['steps'] if p else ''} | {r['guidance']} | {r['psnr']:.2f} | {r['lpips']:.4f} | "
                      f"{r['idempotence_psnr']:.2f} | {r['seconds']:.1f} |")
     return "\n".join(lines)
 

@@ -89,15 +89,16 @@ def codec_for(header: Header, weights: Path | None = None):
 
 def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None = None, bpp: float | None = None,
                  nbytes: int | None = None, allow_partial: bool = False, sample: bool = False,
-                 seed: int | None = None, perceptual: bool = False, strength: float = 1.0, steps: int = 50,
-                 device: str = "auto", prior_weights: Path | None = None, zeta: float | None = None,
-                 on_step=None) -> Image.Image:
+                 seed: int | None = None, perceptual: bool = False, strength: float = 0.3, steps: int = 20,
+                 device: str = "auto", prior_weights: Path | None = None, guidance: str = "project",
+                 zeta: float | None = None, on_step=None) -> Image.Image:
     """Decode `.sic` bytes to a PIL image (mode per imageio's table; ICC/EXIF in `img.info`).
 
     `sample` fills the missing slices with a random synonymous latent (seeded) instead of the means.
     `perceptual` samples the diffusion prior under the constraint that re-encoding the result gives
-    the layers decoded (idempotent inversion); `strength` 0..1 trades distortion for realism, `zeta`
-    sets the guidance step (default perceptual.ZETA);
+    the layers decoded (idempotent inversion); `strength` 0..1 trades distortion for realism;
+    `guidance` "project" or "dps" holds the sampler to the layers (see perceptual.py), `zeta` sets
+    the DPS step;
     `on_step(done, total)` reports its sampler steps."""
     _check_rate(layers, bpp, nbytes)
     cont = container.parse(data)
@@ -115,7 +116,7 @@ def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None
     hp, wp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
     x = codec.decode(list(cont.payloads[:k]), hp, wp, fill="sample" if sample else "mean", seed=seed)
     if perceptual:
-        x = invert(codec.model, x, k - 1, prior, strength, steps, seed or 0, zeta, on_step=on_step)
+        x = invert(codec.model, x, k - 1, prior, strength, steps, seed or 0, zeta, on_step=on_step, method=guidance)
     rgb = x[0, :, : header.height, : header.width].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     alpha = unpack_alpha(header.alpha, header.width, header.height) if header.alpha else None
     img = to_pil(np.ascontiguousarray(rgb), alpha, header.mode)

@@ -229,9 +229,11 @@ def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, str
 @click.option("--sample", is_flag=True, help="Synonymous decode: fill missing layers with a random valid latent.")
 @click.option("--seed", type=int, default=None, help="Seed for --sample / --perceptual (default 0).")
 @click.option("--perceptual", is_flag=True, help="Diffusion-based idempotent inversion: realistic detail, same bits.")
-@click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 1),
-              help="With --perceptual: 0 = plain decode, 1 = full inversion.")
-@click.option("--steps", default=50, show_default=True, type=click.IntRange(min=1), help="With --perceptual: sampler steps.")
+@click.option("--strength", default=0.3, show_default=True, type=click.FloatRange(0, 1),
+              help="With --perceptual: where sampling starts, 0 = plain decode, 1 = pure noise.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="With --perceptual: sampler steps.")
+@click.option("--guidance", default="project", show_default=True, type=click.Choice(["project", "dps"]),
+              help="With --perceptual: hold samples to the layers by back-projection (fast) or DPS gradients.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="With --perceptual: where to run (auto: CUDA when present).")
 @click.option("--prior-weights", type=click.Path(dir_okay=False, path_type=Path), help="Diffusion prior weights.")
@@ -241,8 +243,8 @@ def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, str
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @_debug_option
-def decode(inputs, output, layers, bpp, nbytes, sample, seed, perceptual, strength, steps, device, prior_weights,
-           weights, allow_partial, jobs, force, quiet, debug):
+def decode(inputs, output, layers, bpp, nbytes, sample, seed, perceptual, strength, steps, guidance, device,
+           prior_weights, weights, allow_partial, jobs, force, quiet, debug):
     """Decode .sic files to images."""
     _one_rate(layers, bpp, nbytes)
     if seed is not None and not (sample or perceptual):
@@ -256,8 +258,8 @@ def decode(inputs, output, layers, bpp, nbytes, sample, seed, perceptual, streng
         name = "<stdin>" if job.source == STDIO else job.source
         img = decode_image(read_input(job.source), weights=weights, layers=layers, bpp=bpp, nbytes=nbytes,
                            allow_partial=allow_partial, sample=sample, seed=seed, perceptual=perceptual,
-                           strength=strength, steps=steps, device=device, prior_weights=prior_weights,
-                           on_step=progress.for_image(name) if perceptual else None)
+                           strength=strength, steps=steps, guidance=guidance, device=device,
+                           prior_weights=prior_weights, on_step=progress.for_image(name) if perceptual else None)
         write_atomic(job.target, image_bytes(img, output_format(None if job.target == STDIO else job.target)), force)
 
     with _SamplerProgress(quiet) as progress:

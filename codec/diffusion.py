@@ -140,11 +140,13 @@ def sampler_steps(t_start: int, steps: int) -> list[int]:
 
 def sample(model: Callable, schedule: LinearSchedule, x_start: torch.Tensor, t_start: int, steps: int,
            eta: float = 1.0, guidance: Callable[[torch.Tensor], torch.Tensor] | None = None, zeta: float = 0.6,
-           generator: torch.Generator | None = None, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+           generator: torch.Generator | None = None, on_step: Callable[[int], None] | None = None,
+           project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM (η = 1: DDPM-like ancestral steps) from x_start at step t_start down to a clean image.
 
     With `guidance`, a loss of the predicted clean image x̂0, every step subtracts ζ·∇_{x_t} loss
-    (DPS). Returns the final image, clamped to [-1, 1]."""
+    (DPS). With `project`, every step's x̂0 is replaced by project(x̂0) before the update (data
+    consistency, as in DDNM), which needs no gradients. Returns the final image, clamped to [-1, 1]."""
     ts = sampler_steps(t_start, steps)
     x = x_start
     x0 = x_start.clamp(-1, 1)
@@ -157,6 +159,8 @@ def sample(model: Callable, schedule: LinearSchedule, x_start: torch.Tensor, t_s
             x0 = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1, 1)
             grad = torch.autograd.grad(guidance(x0), x)[0] if guidance is not None else None
         eps = eps.detach()
+        if project is not None:
+            x0 = project(x0.detach())
         sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) if t_prev >= 0 else 0.0
         x_next = math.sqrt(ab_prev) * x0.detach() + math.sqrt(max(0.0, 1 - ab_prev - sigma**2)) * eps
         if sigma > 0:

@@ -1,10 +1,16 @@
 """Perceptual decoding by idempotent inversion (SPEC §5, seed 002).
 
 Given the layers present, the plain decode x_mse is known. Sample from the diffusion prior under the
-constraint that re-encoding the sample and decoding the same layers gives x_mse again (DPS guidance
-with L = ||x_mse - reencode(x0)||_2, straight-through rounding). `strength` in [0, 1] is where the
-sampler starts: 0 returns x_mse, 1 starts from pure noise, in between from x_mse noised to that
-fraction of the schedule (fewer steps, closer to x_mse).
+constraint that re-encoding the sample and decoding the same layers gives x_mse again. Two ways to
+hold the sampler to it:
+- "project" (default): every step's clean-image estimate x̂0 gets one back-projection step
+  x̂0 += x_mse - reencode(x̂0) (data consistency, as in DDNM). The codec's decode at a low layer
+  count is smooth, so this moves only what the transmitted layers see and keeps the prior's detail.
+  Forward passes only: about half the time and a fraction of the memory of DPS.
+- "dps": the gradient of L = ||x_mse - reencode(x̂0)||_2 through the UNet and the codec
+  (straight-through rounding), step ζ, followed by a few back-projections.
+`strength` in [0, 1] is where the sampler starts: 0 returns x_mse, 1 starts from pure noise, in
+between from x_mse noised to that fraction of the schedule (fewer steps, closer to x_mse).
 """
 
 from __future__ import annotations
@@ -22,10 +28,9 @@ from .errors import SiccError
 
 PRIOR_FORMAT = "sicc-prior-1"
 DEFAULT_PRIOR = "sicc-prior.safetensors"
+METHODS = ("project", "dps")
 ZETA = 0.6  # DPS step size (paper)
-# Back-projection iterations after sampling: x += x_mse - reencode(x) moves only what the transmitted
-# layers see (the codec's decode is smooth at low layer counts), so detail stays and idempotence holds.
-PROJECTIONS = 5
+DPS_PROJECTIONS = 5  # back-projections after DPS sampling, which alone leaves a residual of a few dB
 
 
 def export_prior(model: UNet, path: Path) -> bytes:
@@ -106,11 +111,13 @@ def enforce_idempotence(codec_model, x: torch.Tensor, level: int, target: torch.
 
 def invert(codec_model, x_mse: torch.Tensor, level: int, prior: UNet, strength: float = 1.0, steps: int = 50,
            seed: int = 0, zeta: float | None = None, on_step: Callable[[int, int], None] | None = None,
-           tile: int = TILE_PX, overlap: int = TILE_OVERLAP_PX, projections: int = PROJECTIONS) -> torch.Tensor:
+           tile: int = TILE_PX, overlap: int = TILE_OVERLAP_PX, method: str = "project") -> torch.Tensor:
     """x_mse [1, 3, H, W] in [0, 1] (H, W padded for the codec), `level` slices transmitted ->
     a perceptual reconstruction in [0, 1] on x_mse's device. `on_step(done, total)` counts sampler
-    steps over all tiles; `zeta` is the guidance step (default ZETA)."""
+    steps over all tiles; `method` is "project" or "dps", `zeta` the DPS step (default ZETA)."""
     zeta = ZETA if zeta is None else zeta
+    if method not in METHODS:
+        raise SiccError(f"unknown guidance {method!r} (choose from {', '.join(METHODS)})")
     if not 0.0 <= strength <= 1.0:
         raise SiccError("--strength must be between 0 and 1")
     if strength == 0.0:
@@ -146,9 +153,17 @@ def invert(codec_model, x_mse: torch.Tensor, level: int, prior: UNet, strength: 
         def idempotence(x0: torch.Tensor, part=part) -> torch.Tensor:
             return torch.linalg.vector_norm(codec_model.reencode((x0 + 1) / 2, level) - part)
 
+        def consistent(x0: torch.Tensor, part=part) -> torch.Tensor:
+            return enforce_idempotence(codec_model, (x0 + 1) / 2, level, part, 1) * 2 - 1
+
         step_done = None if on_step is None else (lambda i, base=n * per_tile: on_step(base + i + 1, total))
-        result = sample(prior, schedule, x_start, t_start, steps, eta=1.0, guidance=idempotence, zeta=zeta,
-                        generator=gen, on_step=step_done)
-        result = enforce_idempotence(codec_model, (result + 1) / 2, level, part, projections)
+
+        if method == "project":
+            result = (sample(prior, schedule, x_start, t_start, steps, eta=1.0, project=consistent, generator=gen,
+                             on_step=step_done) + 1) / 2
+        else:
+            result = sample(prior, schedule, x_start, t_start, steps, eta=1.0, guidance=idempotence, zeta=zeta,
+                            generator=gen, on_step=step_done)
+            result = enforce_idempotence(codec_model, (result + 1) / 2, level, part, DPS_PROJECTIONS)
         out[:, :, top: top + len(fy), left: left + len(fx)] += result * fy[:, None] * fx[None, :]
     return out.div_(row_sum.view(1, 1, H, 1)).div_(col_sum.view(1, 1, 1, W))

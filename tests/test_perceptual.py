@@ -61,6 +61,22 @@ def test_guidance_pulls_samples_towards_the_constraint():
     assert (guided - target).norm() < (free - target).norm()
 
 
+def test_projection_holds_every_step_to_the_constraint():
+    """With a projection onto {x : x = target} the sampler can only return the target."""
+    torch.manual_seed(0)
+    net = UNet(TINY_UNET).requires_grad_(False)
+    target = torch.rand(1, 3, 16, 16) * 2 - 1
+    seen = []
+
+    def project(x0):
+        seen.append(x0.shape)
+        return target
+
+    out = sample(net, LinearSchedule(), torch.randn(1, 3, 16, 16), 500, 5, project=project,
+                 generator=torch.Generator().manual_seed(1))
+    assert len(seen) == 5 and torch.allclose(out, target)
+
+
 def test_strength_zero_is_the_plain_decode(tiny_weights, tiny_prior):
     from codec.weights import load_codec
 
@@ -77,6 +93,10 @@ def test_perceptual_decode_is_seeded_and_keeps_the_size(tiny_weights, tiny_prior
     plain = np.asarray(decode_image(data, weights=tiny_weights, layers=2))
     assert a.shape == plain.shape == (50, 70, 3)
     assert np.array_equal(a, b) and not np.array_equal(a, c) and not np.array_equal(a, plain)
+    dps = np.asarray(decode_image(data, seed=1, guidance="dps", **kw))
+    assert dps.shape == a.shape and not np.array_equal(dps, a)
+    with pytest.raises(SiccError, match="guidance"):
+        decode_image(data, guidance="nope", **kw)
 
 
 def test_perceptual_without_a_prior_is_a_clear_error(tiny_weights, tmp_path):
@@ -113,11 +133,13 @@ def test_tile_starts_cover_the_image_on_the_codec_grid():
         assert all(b - a <= 512 - 64 for a, b in zip(starts, starts[1:]))  # neighbours overlap >= 64 px
 
 
-def test_tiled_inversion_blends_tiles_without_gaps_or_seams(tiny_weights):
-    """A 'prior' whose clean-image estimate is a constant c everywhere: whatever the tiling and the
-    cross-fade, the result must be exactly c (every pixel covered, weights normalised)."""
+def test_tiled_inversion_blends_tiles_without_gaps_or_seams(tiny_weights, monkeypatch):
+    """A 'prior' whose clean-image estimate is a constant c everywhere (and no constraint): whatever
+    the tiling and the cross-fade, the result must be exactly c (every pixel covered, weights normalised)."""
+    from codec import perceptual
     from codec.weights import load_codec
 
+    monkeypatch.setattr(perceptual, "enforce_idempotence", lambda model, x, level, target, iterations: x)
     schedule = LinearSchedule()
     c = 0.3
 
@@ -128,8 +150,8 @@ def test_tiled_inversion_blends_tiles_without_gaps_or_seams(tiny_weights):
     constant_prior.to = lambda device: constant_prior
     x = torch.rand(1, 3, 192, 320)
     calls = []
-    out = invert(load_codec(tiny_weights).model, x, 1, constant_prior, strength=0.3, steps=3, zeta=0.0,
-                 tile=128, overlap=64, projections=0, on_step=lambda done, total: calls.append((done, total)))
+    out = invert(load_codec(tiny_weights).model, x, 1, constant_prior, strength=0.3, steps=3,
+                 tile=128, overlap=64, on_step=lambda done, total: calls.append((done, total)))
     assert out.shape == x.shape
     assert torch.allclose(out, torch.full_like(x, (c + 1) / 2), atol=1e-6)
     tiles = len(tile_starts(192, 128, 64)) * len(tile_starts(320, 128, 64))
