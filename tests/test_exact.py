@@ -70,3 +70,48 @@ def test_row_bands_give_the_same_integers(monkeypatch):
     whole = layer(a)
     monkeypatch.setattr(exact, "_CHUNK_ELEMENTS", 5 * 9 * 9 * 4)  # 4 rows per band
     assert torch.equal(layer(a), whole)
+
+
+def test_files_decode_to_the_encoders_latent_whatever_the_float_path(tiny_weights, monkeypatch):
+    """Another machine is simulated three ways: the encoder's float analysis transform perturbed by
+    noise (its symbols may change, that is allowed), the decoder with another thread count and another
+    convolution algorithm for the integer networks (im2col, channels reversed), and float64 float
+    transforms. The decoder must rebuild the encoder's latent bit for bit every time."""
+    import numpy as np
+
+    import codec.exact as exact_mod
+    from codec.weights import load_codec
+
+    from .conftest import photo
+
+    codec = load_codec(tiny_weights)
+    x = torch.tensor(np.asarray(photo(128, 64)), dtype=torch.float32).permute(2, 0, 1)[None] / 255
+    clean_layers, clean_latent = codec.encode_latent(x)
+    noise = torch.Generator().manual_seed(0)
+    hook = codec.model.g_a.register_forward_hook(
+        lambda module, inputs, out: out + 1e-3 * torch.randn(out.shape, generator=noise))
+    try:
+        layers, latent = codec.encode_latent(x)
+    finally:
+        hook.remove()
+    assert layers != clean_layers  # the perturbation did reach the symbols
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(exact_mod.IntConv, "_conv", lambda self, a: _reordered_accumulate(self, a))
+    try:
+        torch.set_num_threads(2 if threads == 1 else 1)
+        assert torch.equal(codec.decode_latent(layers, 64, 128), latent)
+        assert torch.equal(codec.decode_latent(clean_layers, 64, 128), clean_latent)
+    finally:
+        torch.set_num_threads(threads)
+    codec.model.double()  # load_codec's instance is shared: restored below (fp32 -> fp64 -> fp32 is exact)
+    try:
+        layers64, latent64 = codec.encode_latent(x.double())
+    finally:
+        codec.model.float()
+    assert torch.equal(codec.decode_latent(layers64, 64, 128), latent64)
+
+
+def _reordered_accumulate(layer: IntConv, a: torch.Tensor) -> torch.Tensor:
+    w = layer.weight.flip(1)
+    cols = F.unfold(a.flip(1), w.shape[-2:], padding=layer.padding)
+    return (w.reshape(w.shape[0], -1) @ cols).reshape(a.shape[0], w.shape[0], a.shape[2], a.shape[3])
