@@ -98,8 +98,7 @@ def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None
     `perceptual` samples the diffusion prior under the constraint that re-encoding the result gives
     the layers decoded (idempotent inversion); `strength` 0..1 trades distortion for realism;
     `guidance` "project" or "dps" holds the sampler to the layers (see perceptual.py), `zeta` sets
-    the DPS step;
-    `on_step(done, total)` reports its sampler steps."""
+    the DPS step, and `on_step(done, total)` reports sampler steps."""
     _check_rate(layers, bpp, nbytes)
     cont = container.parse(data)
     if cont.problem and not (allow_partial and cont.intact):

@@ -176,3 +176,22 @@ def test_back_projection_makes_the_output_reencode_to_the_plain_decode():
     projected = enforce_idempotence(model, x, 1, target, 5)
     assert residual(projected) < 0.2 * residual(x)
     assert (projected - x).abs().mean() < (x - target).abs().mean()  # the added detail is mostly kept
+
+
+def test_shipped_prior_adds_realism_and_keeps_the_bits():
+    """Issue 4's must-hold in small: at a low layer count the perceptual decode re-encodes to the
+    plain decode (idempotence >= 30 dB) and is closer to the source in LPIPS."""
+    from codec.evaluate import lpips, psnr
+    from codec.perceptual import DEFAULT_PRIOR
+    from codec.weights import shipped_weights_dir
+
+    if not (shipped_weights_dir() / DEFAULT_PRIOR).exists():
+        pytest.skip("no shipped prior")
+    src = kodak_crop("kodim13.png", (128, 128, 256, 256))
+    ref = np.asarray(src)
+    data = encode_image(src)
+    plain = np.asarray(decode_image(data, layers=2))
+    real = np.asarray(decode_image(data, layers=2, perceptual=True, steps=8, device="cpu"))
+    again = np.asarray(decode_image(encode_image(Image.fromarray(real)), layers=2))
+    assert psnr(again, plain) >= 30
+    assert lpips(ref, real) < 0.95 * lpips(ref, plain)
