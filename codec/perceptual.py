@@ -109,7 +109,7 @@ def enforce_idempotence(codec_model, x: torch.Tensor, level: int, target: torch.
     return x
 
 
-def invert(codec_model, x_mse: torch.Tensor, level: int, prior: UNet, strength: float = 1.0, steps: int = 50,
+def invert(codec_model, x_mse: torch.Tensor, level: int, prior: UNet, strength: float = 0.3, steps: int = 20,
            seed: int = 0, zeta: float | None = None, on_step: Callable[[int, int], None] | None = None,
            tile: int = TILE_PX, overlap: int = TILE_OVERLAP_PX, method: str = "project") -> torch.Tensor:
     """x_mse [1, 3, H, W] in [0, 1] (H, W padded for the codec), `level` slices transmitted ->
