@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from codec import container
 from codec.api import decode_image, encode_image
 from codec.evaluate import lpips, psnr
 from codec.perceptual import ZETA
@@ -55,6 +56,7 @@ def main(dataset, images, crop, layers, strengths, steps, methods, zeta, weights
         src = centre_crop(Image.open(path).convert("RGB"), crop)
         ref = np.asarray(src)
         data = encode_image(src, weights=weights)
+        header = container.parse(data).header
         for k in (int(v) for v in layers.split(",")):
             plain = np.asarray(decode_image(data, weights=weights, layers=k))
             variants = [("plain", {}, plain, 0.0), ("sample", {}, np.asarray(
@@ -72,18 +74,12 @@ def main(dataset, images, crop, layers, strengths, steps, methods, zeta, weights
                 again = np.asarray(decode_image(encode_image(Image.fromarray(rec), weights=weights),
                                                 weights=weights, layers=k))
                 row = {"image": path.name, "layers": k, "decode": name, **settings,
-                       "bpp": 8 * len(data[: _prefix(data, k)]) / crop**2, "psnr": psnr(ref, rec),
+                       "bpp": 8 * container.prefix_size(header, k) / crop**2, "psnr": psnr(ref, rec),
                        "lpips": lpips(ref, rec), "idempotence_psnr": psnr(again, plain), "seconds": seconds}
                 rows.append(row)
                 click.echo(json.dumps(row), err=True)
     out.write_text(json.dumps({"rows": rows, "summary": summary(rows)}, indent=1))
     click.echo(markdown(summary(rows)))
-
-
-def _prefix(data: bytes, k: int) -> int:
-    from codec import container
-
-    return container.prefix_size(container.parse(data).header, k)
 
 
 def summary(rows: list[dict]) -> list[dict]:

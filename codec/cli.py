@@ -105,9 +105,9 @@ def plan_jobs(inputs: tuple[str, ...], output: str | None, suffix: str) -> list[
 INTERRUPTED = threading.Event()
 
 
-def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, label: str, bar=None) -> int:
+def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, label: str, shown=None) -> int:
     """Run `work(job)` for every job (in `workers` threads), report failures one line each, and
-    return the exit code: 0 if all succeeded, 1 otherwise. `bar`: a rich Progress already on
+    return the exit code: 0 if all succeeded, 1 otherwise. `shown`: a rich Progress already on
     screen to add the file count to (rich shows one live display at a time)."""
     import torch
 
@@ -145,7 +145,7 @@ def run_jobs(jobs: list[Job], work, workers: int, quiet: bool, debug: bool, labe
             _fail(name, err)
             failures.append(name)
 
-    with nullcontext(bar) if bar is not None else Progress(disable=not show, transient=True) as bar:
+    with nullcontext(shown) if shown is not None else Progress(disable=not show, transient=True) as bar:
         task = bar.add_task(label, total=len(jobs), visible=show)
         if workers <= 1:
             # in this thread, so Ctrl-C stops the file being worked on at once
@@ -289,19 +289,19 @@ class _SamplerProgress:
     def for_image(self, name: str):
         import time
 
-        task, started = None, [0.0]
+        task, started = None, 0.0
 
         def on_step(done: int, total: int):
-            nonlocal task
+            nonlocal task, started
             if INTERRUPTED.is_set():
                 raise KeyboardInterrupt
             with self.lock:
                 if task is None:
                     task = self.bar.add_task(f"perceptual {name}", total=total)
-                    started[0] = time.perf_counter()
+                    started = time.perf_counter()
                 self.bar.update(task, completed=done)
                 if done == 2 and self.bar.disable and not self.quiet:
-                    left = (time.perf_counter() - started[0]) * (total - done) / (done - 1)
+                    left = (time.perf_counter() - started) * (total - done) / (done - 1)
                     click.echo(f"sicc: {name}: perceptual decoding needs about {left:.0f} s more here "
                                f"({total} sampler steps; a CUDA device is much faster)", err=True)
                 if done == total:

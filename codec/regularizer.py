@@ -10,8 +10,9 @@ R + λD − α·H(X|X̂), with H estimated as E[−log2 q(x|x̂)] in bits per pi
 from __future__ import annotations
 
 import torch
-from .layers import LowerBound
 from torch import nn
+
+from .layers import LowerBound
 
 BIN = 1.0 / 255.0
 SCALE_MIN = 0.11 * BIN  # the latent model's scale bound, in pixel quantisation steps

@@ -128,7 +128,7 @@ def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
 
 
 def train_codec(
-    data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 1e-3,
+    data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 3e-4,
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32",
@@ -136,7 +136,7 @@ def train_codec(
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
     "bf16" runs the image-resolution transforms under bf16 autocast."""
-    from .weights import export_weights, load_float_model
+    from .weights import export_weights, load_float_model, without_compressai_buffers
 
     out_dir = _prepare(out_dir, threads, seed)
     state = None
@@ -144,7 +144,7 @@ def train_codec(
         state = torch.load(resume, map_location="cpu", weights_only=False)
         cfg = ModelConfig.from_json(state["config"])
         model = ProgressiveCodec(cfg)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(without_compressai_buffers(state["model"]))
     elif resume is not None:
         model = load_float_model(Path(resume))
         cfg = model.cfg

@@ -28,7 +28,13 @@ DEFAULT_WEIGHTS = "sicc-base.safetensors"
 SCALE_LEVELS, SCALE_MAX = 64, 256.0
 GAUSSIAN_TAIL_SIGMAS = 5.0  # table support is +-(5 sigma + 1); values beyond it are escaped
 Z_TABLE_MAX = 4096
-_SKIPPED = ("_quantized_cdf", "_offset", "_cdf_length")  # CompressAI's tables, in checkpoints made with it
+# CompressAI's EntropyBottleneck kept its own tables as buffers; checkpoints from before codec/layers.py have them
+_COMPRESSAI_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+
+
+def without_compressai_buffers(state: dict) -> dict:
+    """A checkpoint's model state as ProgressiveCodec loads it."""
+    return {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in _COMPRESSAI_BUFFERS}
 
 
 def shipped_weights_dir() -> Path:
@@ -111,8 +117,7 @@ def export_weights(model: ProgressiveCodec, path: Path) -> bytes:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.half().float())
-    tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()
-               if not k.rsplit(".", 1)[-1] in _SKIPPED}
+    tensors = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     gauss, bounds = gaussian_tables()
     ztab = z_tables(model)
     for name, tab in (("gaussian", gauss), ("z", ztab)):
@@ -171,7 +176,6 @@ def _float_model(arrays: dict[str, np.ndarray], cfg: ModelConfig, path: Path) ->
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError:
         raise SiccError(f"{path}: weights do not fit the model they declare") from None
-    missing = [k for k in missing if k.rsplit(".", 1)[-1] not in _SKIPPED]
     if missing or unexpected:
         raise SiccError(f"{path}: weights do not fit the model they declare")
     return model.eval()
