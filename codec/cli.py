@@ -359,23 +359,25 @@ def truncate(input, output, layers, bpp, nbytes, force):
               help="Comma-separated: sicc, jpeg, webp, avif, jxl (needs cjxl/djxl), j2k.")
 @_weights_option
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N images.")
+@click.option("--anchors", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An earlier results.json on the same images: reuse its classical-codec results.")
 @click.option("-q", "--quiet", is_flag=True)
-def eval_cmd(dataset_dir, out_dir, codecs, weights, limit, quiet):
+def eval_cmd(dataset_dir, out_dir, codecs, weights, limit, anchors, quiet):
     """Rate-distortion of every sicc layer prefix against classical codecs: JSON, table, plot, BD-rates."""
-    from .evaluate import CLASSICAL, available, evaluate
+    from .evaluate import CLASSICAL, evaluate
 
     chosen = [c.strip() for c in codecs.split(",") if c.strip()]
     unknown = [c for c in chosen if c not in ("sicc", *CLASSICAL)]
     if unknown:
         raise click.UsageError(f"unknown codec(s): {', '.join(unknown)}")
-    for c in [c for c in chosen if not available(c)]:
-        click.echo(f"sicc: {c} is not available here, skipped", err=True)
-        chosen.remove(c)
     try:
-        result = evaluate(dataset_dir, out_dir, chosen, weights, progress=not quiet and sys.stderr.isatty(), limit=limit)
+        result = evaluate(dataset_dir, out_dir, chosen, weights, progress=not quiet and sys.stderr.isatty(), limit=limit,
+                          anchors=anchors)
     except SiccError as e:
         _fail(str(dataset_dir), str(e))
         sys.exit(1)
+    for c in result["skipped"]:
+        click.echo(f"sicc: {c} is not available here, skipped", err=True)
     for c, v in result["bd_rate_psnr_vs"].items():
         click.echo(f"BD-rate (PSNR) of sicc vs {c}: {v:+.1f} %")
     click.echo(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, {out_dir / 'rd.png'}")

@@ -123,8 +123,31 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
     return float((math.exp(diff) - 1) * 100)
 
 
+def reusable_rows(anchors: Path, images: list[str]) -> list[dict]:
+    """The classical-codec rows of an earlier `results.json` for exactly these images, for codecs that
+    have a row per setting for every one of them (their results never change, and measuring them again
+    costs most of an evaluation while sicc's weights are being trained)."""
+    try:
+        rows = json.loads(Path(anchors).read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SiccError(f"{anchors}: not a sicc eval results.json ({e})") from None
+    wanted = set(images)
+    by_codec: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("codec") != "sicc" and r.get("image") in wanted:
+            by_codec.setdefault(r["codec"], []).append(r)
+    complete = []
+    for codec, rs in by_codec.items():
+        settings = {r["setting"] for r in rs}
+        if {(r["image"], r["setting"]) for r in rs} == {(i, s) for i in wanted for s in settings}:
+            complete += rs
+    return complete
+
+
 def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | None = None,
-             progress: bool = True, limit: int | None = None) -> dict:
+             progress: bool = True, limit: int | None = None, anchors: Path | None = None) -> dict:
+    """`anchors`: an earlier results.json on the same images whose classical-codec rows are reused
+    instead of measured again."""
     from rich.progress import Progress
 
     from . import container
@@ -135,6 +158,13 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
         raise SiccError(f"{dataset}: no images")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []  # one per (codec, setting, image)
+    reused: list[str] = []
+    if anchors is not None:
+        rows = [r for r in reusable_rows(anchors, [p.name for p in paths]) if r["codec"] in codecs]
+        codecs = [c for c in codecs if c not in {r["codec"] for r in rows}]
+    reused = sorted({r["codec"] for r in rows})
+    skipped = [c for c in codecs if not available(c)]
+    codecs = [c for c in codecs if c not in skipped]
     with Progress(disable=not progress) as bar:
         task = bar.add_task("evaluating", total=len(paths) * len(codecs))
         for path in paths:
@@ -166,6 +196,7 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
     # bits at equal LPIPS: the same fit on -LPIPS (higher is better, like PSNR)
     bd_lpips = {c: bd_rate([(p[0], -p[3]) for p in curves[c]], [(p[0], -p[3]) for p in curves["sicc"]]) for c in others}
     result = {"dataset": str(dataset), "images": len(paths), "weights": str(weights or "default"),
+              "reused": {"from": str(anchors), "codecs": reused} if reused else None, "skipped": skipped,
               "curves": {c: [dict(zip(CURVE_FIELDS, p)) for p in pts] for c, pts in curves.items()},
               "bd_rate_psnr_vs": bd, "bd_rate_lpips_vs": bd_lpips, "rows": rows}
     (out_dir / "results.json").write_text(json.dumps(result, indent=1))
@@ -191,6 +222,8 @@ def average_curves(rows: list[dict]) -> dict[str, list[tuple]]:
 
 def markdown(result: dict) -> str:
     lines = [f"Dataset: `{result['dataset']}` ({result['images']} images), weights: `{result['weights']}`", ""]
+    if result.get("reused"):
+        lines[-1:] = [f"Results of {', '.join(result['reused']['codecs'])} reused from `{result['reused']['from']}`.", ""]
     if result["bd_rate_psnr_vs"]:
         lines += ["| sicc vs | BD-rate (PSNR) | BD-rate (LPIPS) |", "|---|---|---|"]
         lines += [f"| {c} | {v:+.1f} % | {result['bd_rate_lpips_vs'][c]:+.1f} % |"

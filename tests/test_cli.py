@@ -206,6 +206,24 @@ def test_eval_writes_curves_table_and_plot(run, tmp_path, tiny_weights):
     assert (out / "rd.png").stat().st_size > 1000 and "| sicc vs |" in (out / "results.md").read_text()
     assert run("eval", data, "--codecs", "nope").exit_code == 2
 
+    # --anchors: the classical rows come from the earlier run, unchanged; sicc and missing codecs are measured
+    again = tmp_path / "again"
+    r = run("eval", data, "--out", again, "--codecs", "sicc,jpeg,j2k", "--weights", tiny_weights, "-q",
+            "--anchors", out / "results.json")
+    assert r.exit_code == 0, r.stderr
+    res2 = json.loads((again / "results.json").read_text())
+    assert res2["reused"]["codecs"] == ["jpeg"] and set(res2["curves"]) == {"sicc", "jpeg", "j2k"}
+    assert [r for r in res2["rows"] if r["codec"] == "jpeg"] == [r for r in res["rows"] if r["codec"] == "jpeg"]
+    assert res2["curves"]["jpeg"] == res["curves"]["jpeg"] and "reused from" in (again / "results.md").read_text()
+    # an anchor file for other images is not reused
+    (data / "1.png").rename(data / "2.png")
+    r = run("eval", data, "--out", again, "--codecs", "sicc,jpeg", "--weights", tiny_weights, "-q",
+            "--anchors", out / "results.json")
+    assert r.exit_code == 0 and json.loads((again / "results.json").read_text())["reused"] is None
+    (tmp_path / "bad.json").write_text("{}")
+    r = run("eval", data, "--codecs", "jpeg", "--anchors", tmp_path / "bad.json")
+    assert r.exit_code == 1 and "not a sicc eval results.json" in r.stderr
+
 
 def test_bd_rate_of_a_curve_against_itself_and_a_cheaper_one():
     from codec.evaluate import bd_rate
