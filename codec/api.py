@@ -73,18 +73,18 @@ def encode_image(image, *, weights: Path | None = None, layers: int | None = Non
     return truncate(data, layers=layers, bpp=bpp, nbytes=nbytes)
 
 
-def codec_for(header: Header, weights: Path | None = None):
-    """The codec that made this file: `weights` if given (refused if its id differs), else the
-    shipped weights whose id the header records."""
+def codec_for(header: Header, weights: Path | None = None, device="cpu"):
+    """The codec that made this file, on `device`: `weights` if given (refused if its id differs),
+    else the shipped weights whose id the header records."""
     if weights is not None:
-        codec = load_codec(weights)
+        codec = load_codec(weights, device)
         if codec.weights_id != header.weights_id:
             raise SiccError(f"made with weights {header.weights_id.hex()}, but {weights} is {codec.weights_id.hex()}")
         return codec
     path = find_weights_by_id(header.weights_id)
     if path is None:
         raise SiccError(f"made with weights {header.weights_id.hex()}, which this sicc does not ship; pass --weights FILE")
-    return load_codec(path)
+    return load_codec(path, device)
 
 
 def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None = None, bpp: float | None = None,
@@ -109,9 +109,9 @@ def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None
     if perceptual:
         from .perceptual import invert, prior_for, resolve_device
 
-        prior = prior_for(prior_weights)
         dev = resolve_device(device)
-    codec = codec_for(header, weights).to(dev if perceptual else "cpu")
+        prior = prior_for(prior_weights, dev)
+    codec = codec_for(header, weights, dev if perceptual else "cpu")
     hp, wp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
     x = codec.decode(list(cont.payloads[:k]), hp, wp, fill="sample" if sample else "mean", seed=seed)
     if perceptual:

@@ -53,11 +53,12 @@ def load_prior(path: Path) -> UNet:
 
 
 @lru_cache(maxsize=2)
-def _cached_prior(path: str, mtime_ns: int) -> UNet:
-    return load_prior(Path(path))
+def _cached_prior(path: str, mtime_ns: int, device: str) -> UNet:
+    return load_prior(Path(path)).to(device)
 
 
-def prior_for(path: Path | None) -> UNet:
+def prior_for(path: Path | None, device: str | torch.device = "cpu") -> UNet:
+    """The diffusion prior (default: the shipped one) on `device`; cached per device, like load_codec."""
     from .weights import shipped_weights_dir
 
     p = Path(path) if path is not None else shipped_weights_dir() / DEFAULT_PRIOR
@@ -65,7 +66,7 @@ def prior_for(path: Path | None) -> UNet:
         if path is None:
             raise SiccError("no diffusion prior is shipped yet; train one (sicc train prior) and pass --prior-weights")
         raise SiccError(f"prior weights not found: {p}")
-    return _cached_prior(str(p.resolve()), p.stat().st_mtime_ns)
+    return _cached_prior(str(p.resolve()), p.stat().st_mtime_ns, str(torch.device(device)))
 
 
 def resolve_device(device: str) -> torch.device:

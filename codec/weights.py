@@ -192,7 +192,7 @@ def _tables(arrays, name) -> SymbolTables:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, mtime_ns: int, size: int):
+def _load_cached(path: str, mtime_ns: int, size: int, device: str):
     from .latent import LatentCodec
 
     arrays, cfg, wid = _read(Path(path))
@@ -202,14 +202,15 @@ def _load_cached(path: str, mtime_ns: int, size: int):
     if len(ztab.lengths) != cfg.Z or len(gauss.lengths) != SCALE_LEVELS:
         raise SiccError(f"{path}: probability tables do not fit the model")
     bounds = torch.from_numpy(arrays["tables.gaussian.scale_bounds"].astype(np.float64))
-    return LatentCodec(model, gauss, bounds, ztab, wid)
+    return LatentCodec(model, gauss, bounds, ztab, wid).to(device)
 
 
-def load_codec(path: Path | None = None):
-    """The `LatentCodec` of a weights file (default: the shipped default weights); cached."""
+def load_codec(path: Path | None = None, device: str | torch.device = "cpu"):
+    """The `LatentCodec` of a weights file (default: the shipped default weights) on `device`; cached
+    per device, so concurrent decodes on different devices never move a shared model."""
     path = Path(path) if path is not None else default_weights_path()
     try:
         st = path.stat()
     except OSError:
         raise SiccError(f"weights file not found: {path}") from None
-    return _load_cached(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return _load_cached(str(path.resolve()), st.st_mtime_ns, st.st_size, str(torch.device(device)))

@@ -195,3 +195,18 @@ def test_shipped_prior_adds_realism_and_keeps_the_bits():
     again = np.asarray(decode_image(encode_image(Image.fromarray(real)), layers=2))
     assert psnr(again, plain) >= 30
     assert lpips(ref, real) < 0.95 * lpips(ref, plain)
+
+
+def test_models_are_cached_per_device_so_no_decode_moves_a_shared_one(tiny_weights, tiny_prior):
+    # -j decodes share the cached models: asking for another device must give another instance,
+    # never move the one a CPU decode is using ("meta" stands in for "cuda" on this machine)
+    from codec.perceptual import prior_for
+    from codec.weights import load_codec
+
+    cpu, other = load_codec(tiny_weights), load_codec(tiny_weights, "meta")
+    assert other is not cpu and load_codec(tiny_weights, torch.device("cpu")) is cpu
+    assert other.device.type == "meta" and next(other.model.parameters()).device.type == "meta"
+    assert cpu.device.type == "cpu" and next(cpu.model.parameters()).device.type == "cpu"
+    p_cpu, p_other = prior_for(tiny_prior), prior_for(tiny_prior, "meta")
+    assert p_other is not p_cpu and next(p_cpu.parameters()).device.type == "cpu"
+    assert next(p_other.parameters()).device.type == "meta"
