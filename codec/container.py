@@ -83,7 +83,9 @@ def _header_bytes(h: Header) -> bytes:
     body += struct.pack("<BBB", h.bit_depth, h.layers_total, len(h.layers))
     for entry in h.layers:
         body += struct.pack("<II", entry.length, entry.crc32)
+    # known blocks in their fixed order, then any a newer writer added, as they came: truncate keeps them
     extras = [(tag, h.extras[tag]) for tag in _KNOWN_TAGS if h.extras.get(tag)]
+    extras += [(tag, blob) for tag, blob in h.extras.items() if tag not in _KNOWN_TAGS]
     body += struct.pack("<B", len(extras))
     for tag, blob in extras:
         body += tag + struct.pack("<I", len(blob)) + blob

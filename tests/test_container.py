@@ -112,3 +112,15 @@ def test_describe_reports_sizes():
 def test_container_does_not_import_torch():
     code = "import sys, codec.container; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_truncate_keeps_blocks_a_newer_writer_added():
+    extras = {b"zNEW": b"from the future", container.TAG_EXIF: b"Exif\0\0xyz", b"aOLD": b""}
+    data = pack(make_header(extras=extras), PAYLOADS)
+    # known blocks first in their fixed order, then the unknown ones in the order they came
+    assert data.index(b"eXIf") < data.index(b"zNEW") < data.index(b"aOLD") < len(data) - sum(map(len, PAYLOADS))
+    cut = keep_layers(parse(data), 2)
+    h = parse(cut).header
+    assert list(h.extras.items()) == [(container.TAG_EXIF, b"Exif\0\0xyz"), (b"zNEW", b"from the future"),
+                                      (b"aOLD", b"")]
+    assert len(cut) == prefix_size(parse(data).header, 2) and parse(cut).problem is None
