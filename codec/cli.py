@@ -428,6 +428,9 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @_training_options(batch_size=8, patch_size=128, lr=3e-4, model_name="codec")
 @click.option("--reg-alpha", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Weight of the conditional-source-entropy regularizer (0 disables; the paper uses 0.1).")
+@click.option("--lpips-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Add LPIPS with SIC's per-level gamma times this (0: MSE only; for the -lpips weights, "
+                   "fine-tuned from MSE weights).")
 def train_codec_cmd(data_dir, small, quiet, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""
     from .model import TINY_CONFIG

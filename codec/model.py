@@ -201,6 +201,13 @@ class ExactEntropyModel:
         return mean, scale
 
 
+def level_gammas(levels: int, weight: float = 1.0) -> list[float]:
+    """LPIPS weights for levels 0..levels: SIC's gamma = 2^(5 - k'/8) over its 16 levels k', our level
+    k mapped to k' = 16k/levels, times `weight` (--lpips-weight). Low levels weigh LPIPS most: there
+    the mean-filled reconstruction is blurriest."""
+    return [weight * 2 ** (5 - 2 * k / levels) for k in range(levels + 1)]
+
+
 def level_lambdas(levels: int, low: float = 0.0018, high: float = 0.18) -> list[float]:
     """Rate-distortion weights for levels 0..levels (slices transmitted), geometric from q1 to q8 of
     CompressAI's zoo; the loss uses lambda * 255**2 * MSE for images in [0, 1]."""

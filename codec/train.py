@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler
-from .model import ModelConfig, ProgressiveCodec, bits, level_lambdas
+from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas
 from .regularizer import ConditionalSourceModel
 
 
@@ -54,7 +54,9 @@ def split_parameters(model: ProgressiveCodec):
     return main, aux
 
 
-def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float]) -> dict:
+def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float],
+                     lpips=None, gammas: list[float] | None = None) -> dict:
+    """With `lpips` (an LPIPS module) each half also gets gamma * LPIPS of its reconstruction."""
     out = model(x, level)
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
     z_bits = bits(out["likelihoods"]["z"])
@@ -65,10 +67,13 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
     mse_level = torch.mean((out["x_level"] - x) ** 2)
     S = len(model.cfg.slices)
     loss = 0.5 * (rate_full + lambdas[S] * 255**2 * mse_full) + 0.5 * (rate_level + lambdas[level] * 255**2 * mse_level)
-    return {
-        "loss": loss, "bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
-        "x_full": out["x_full"],
-    }
+    terms = {"bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
+             "x_full": out["x_full"]}
+    if lpips is not None:
+        terms["lpips_full"] = lpips(x, out["x_full"]).mean()
+        terms["lpips_level"] = lpips(x, out["x_level"]).mean()
+        loss = loss + 0.5 * (gammas[S] * terms["lpips_full"] + gammas[level] * terms["lpips_level"])
+    return {"loss": loss, **terms}
 
 
 def psnr(mse: float) -> float:
@@ -131,11 +136,12 @@ def train_codec(
     data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 3e-4,
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
-    max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32",
+    max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
-    "bf16" runs the image-resolution transforms under bf16 autocast."""
+    "bf16" runs the image-resolution transforms under bf16 autocast; `lpips_weight` > 0 adds
+    LPIPS (AlexNet) with SIC's per-level gamma (model.level_gammas) for the perceptually tuned weights."""
     from .weights import export_weights, load_float_model, without_compressai_buffers
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -166,6 +172,12 @@ def train_codec(
             source_opt.load_state_dict(state["source_opt"])
     sampler = CropSampler(data_dir, patch_size, seed=seed + step)
     lambdas = level_lambdas(len(cfg.slices))
+    gammas = level_gammas(len(cfg.slices), lpips_weight)
+    lpips = None
+    if lpips_weight > 0:
+        from .lpips import load_lpips
+
+        lpips = load_lpips()
     model.train()
     model.transform_dtype = PRECISIONS[precision]
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
@@ -173,7 +185,7 @@ def train_codec(
     def train_step(step: int) -> dict:
         level = step % len(cfg.slices)
         x = sampler.batch(batch_size).contiguous(memory_format=torch.channels_last)
-        terms = progressive_loss(model, x, level, lambdas)
+        terms = progressive_loss(model, x, level, lambdas, lpips, gammas)
         loss, record = terms["loss"], {}
         if source_model is not None:
             # (1) fit q(x | x̂) by maximum likelihood on a detached x̂; (2) the codec maximises H(X|X̂)
@@ -196,7 +208,8 @@ def train_codec(
         aux_opt.step()
         return {"loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
                 "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
-                "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record}
+                "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record,
+                **{k: terms[k].item() for k in ("lpips_full", "lpips_level") if k in terms}}
 
     def checkpoint(step: int):
         state = {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),

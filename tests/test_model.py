@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from codec.api import _padded_tensor
-from codec.model import TINY_CONFIG, ProgressiveCodec, level_lambdas
+from codec.model import TINY_CONFIG, ProgressiveCodec, level_gammas, level_lambdas
 from codec.train import progressive_loss
 from codec.weights import load_codec
 
@@ -35,6 +35,27 @@ def test_estimated_rate_grows_with_level_and_loss_trains():
         loss.backward()
         opt.step()
     assert loss.item() < first
+
+
+def test_lpips_term_adds_sic_gammas_times_lpips_and_pulls_toward_lower_lpips():
+    from codec.lpips import load_lpips
+
+    gammas = level_gammas(8, 2.0)
+    assert gammas[0] == 2 * 2**5 and gammas[8] == 2 * 2**3 and gammas == sorted(gammas, reverse=True)
+    S = len(TINY_CONFIG.slices)
+    model, lpips = ProgressiveCodec(TINY_CONFIG).train(), load_lpips()
+    lams, gammas = level_lambdas(S), level_gammas(S, 1.0)
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(1)
+    plain = progressive_loss(model, x, 1, lams)
+    torch.manual_seed(1)
+    tuned = progressive_loss(model, x, 1, lams, lpips, gammas)
+    assert tuned["lpips_full"] > 0 and tuned["lpips_level"] > 0
+    expected = plain["loss"] + 0.5 * (gammas[S] * tuned["lpips_full"] + gammas[1] * tuned["lpips_level"])
+    assert torch.allclose(tuned["loss"], expected)
+    # the gradient reaches the synthesis through LPIPS (whose own weights stay frozen)
+    tuned["loss"].backward()
+    assert model.g_s[0].weight.grad.abs().sum() > 0 and all(p.grad is None for p in lpips.parameters())
 
 
 def test_latent_round_trip_is_exact(tiny_weights):
