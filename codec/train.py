@@ -8,6 +8,7 @@ lam_k runs geometrically over CompressAI's q1..q8 range. Rates are in bits per p
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler
+from .errors import SiccError
 from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas
 from .regularizer import ConditionalSourceModel
 
@@ -45,6 +47,61 @@ class _checkpoint_on_interrupt:
         if exc_type is KeyboardInterrupt:
             self.save()
         return False
+
+
+class Distributed:
+    """torchrun support (WORLD_SIZE/RANK/LOCAL_RANK from the environment; one process = one world of 1).
+
+    Gradients are averaged by hand instead of through the DDP wrapper: the progressive loss leaves other
+    slice networks unused at every level and the aux loss has its own backward, both of which DDP's
+    reducer refuses. Rank 0 alone logs and checkpoints; its clock decides when every rank stops."""
+
+    def __init__(self, device: str = "auto"):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if cuda and not torch.cuda.is_available():
+            raise SiccError("--device cuda: no CUDA device available")
+        self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+
+    @classmethod
+    def alone(cls) -> "Distributed":
+        """One CPU process, whatever the environment says (the trainers torchrun does not support)."""
+        d = cls.__new__(cls)
+        d.world, d.rank, d.device = 1, 0, torch.device("cpu")
+        return d
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def same_start(self, module: torch.nn.Module):
+        """Every rank starts from rank 0's parameters and buffers."""
+        if self.world > 1:
+            for t in module.state_dict().values():
+                torch.distributed.broadcast(t, 0)
+
+    def average_gradients(self, params: list[torch.nn.Parameter]):
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view(p.shape).clone()
+            offset += p.numel()
+
+    def rank0_value(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(t, 0)
+        return float(t.item())
 
 
 def split_parameters(model: ProgressiveCodec):
@@ -81,21 +138,26 @@ def psnr(mse: float) -> float:
 
 
 def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt, lr: float, progress: bool,
-              max_minutes: float | None, checkpoint_minutes: float, log_every: int) -> int:
+              max_minutes: float | None, checkpoint_minutes: float, log_every: int,
+              dist: Distributed | None = None) -> int:
     """The training loop every trainer shares: `train_step(step)` does one update and returns the
     floats to log (averaged over each `log_every` steps); checkpoints every few minutes, on
     Ctrl-C/SIGTERM and at the end; with `max_minutes`, stops when the time is up and runs the last
-    15 % of it at lr/10."""
+    15 % of it at lr/10. Under torchrun only rank 0 logs and checkpoints, and its clock rules."""
     from rich.progress import Progress
 
+    dist = dist or Distributed.alone()
+    if not dist.main:
+        checkpoint, progress = (lambda step: None), False
     t0 = last_ckpt = time.time()
     sums: dict[str, float] = {}
     count = 0
-    with open(out_dir / "log.jsonl", "a") as log, Progress(disable=not progress) as bar, \
+    log_path = out_dir / "log.jsonl" if dist.main else os.devnull
+    with open(log_path, "a") as log, Progress(disable=not progress) as bar, \
             _checkpoint_on_interrupt(lambda: checkpoint(step)):
         task = bar.add_task("training", total=steps, completed=step)
         while step < steps:
-            elapsed_min = (time.time() - t0) / 60
+            elapsed_min = dist.rank0_value((time.time() - t0) / 60)
             if max_minutes is not None and elapsed_min > max_minutes:
                 break
             # set every step: a resumed optimiser state carries the previous run's rate
@@ -137,14 +199,17 @@ def train_codec(
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
+    device: str = "auto",
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
     "bf16" runs the image-resolution transforms under bf16 autocast; `lpips_weight` > 0 adds
-    LPIPS (AlexNet) with SIC's per-level gamma (model.level_gammas) for the perceptually tuned weights."""
+    LPIPS (AlexNet) with SIC's per-level gamma (model.level_gammas) for the perceptually tuned weights.
+    `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops."""
     from .weights import export_weights, load_float_model, without_compressai_buffers
 
     out_dir = _prepare(out_dir, threads, seed)
+    dist = Distributed(device)
     state = None
     if resume is not None and Path(resume).suffix == ".pt":
         state = torch.load(resume, map_location="cpu", weights_only=False)
@@ -157,10 +222,12 @@ def train_codec(
     else:
         cfg = cfg or ModelConfig()
         model = ProgressiveCodec(cfg)
+    model.to(dist.device)
+    dist.same_start(model)
     main, aux = split_parameters(model)
     opt = torch.optim.Adam(main, lr=lr)
     aux_opt = torch.optim.Adam(aux, lr=1e-3)
-    source_model = ConditionalSourceModel() if reg_alpha > 0 else None
+    source_model = ConditionalSourceModel().to(dist.device) if reg_alpha > 0 else None
     source_opt = torch.optim.Adam(source_model.parameters(), lr=lr) if source_model else None
     step = 0
     if state is not None:
@@ -170,21 +237,23 @@ def train_codec(
         if source_model is not None and "source_model" in state:
             source_model.load_state_dict(state["source_model"])
             source_opt.load_state_dict(state["source_opt"])
-    sampler = CropSampler(data_dir, patch_size, seed=seed + step)
+    if source_model is not None:
+        dist.same_start(source_model)
+    sampler = CropSampler(data_dir, patch_size, seed=seed + step + 1_000_003 * dist.rank)
     lambdas = level_lambdas(len(cfg.slices))
     gammas = level_gammas(len(cfg.slices), lpips_weight)
     lpips = None
     if lpips_weight > 0:
         from .lpips import load_lpips
 
-        lpips = load_lpips()
+        lpips = copy.deepcopy(load_lpips()).to(dist.device)  # a copy: the cached one stays on the CPU
     model.train()
     model.transform_dtype = PRECISIONS[precision]
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
 
     def train_step(step: int) -> dict:
         level = step % len(cfg.slices)
-        x = sampler.batch(batch_size).contiguous(memory_format=torch.channels_last)
+        x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
         terms = progressive_loss(model, x, level, lambdas, lpips, gammas)
         loss, record = terms["loss"], {}
         if source_model is not None:
@@ -192,6 +261,7 @@ def train_codec(
             fit = source_model.bits_per_pixel(x, terms["x_full"].detach())
             source_opt.zero_grad(set_to_none=True)
             fit.backward()
+            dist.average_gradients(list(source_model.parameters()))
             source_opt.step()
             source_model.requires_grad_(False)
             h_cond = source_model.bits_per_pixel(x, terms["x_full"])
@@ -200,11 +270,13 @@ def train_codec(
             record["h_cond"] = h_cond.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        dist.average_gradients(main)
         torch.nn.utils.clip_grad_norm_(main, 1.0)
         opt.step()
         aux_loss = model.aux_loss()
         aux_opt.zero_grad(set_to_none=True)
         aux_loss.backward()
+        dist.average_gradients(aux)
         aux_opt.step()
         return {"loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
                 "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
@@ -220,7 +292,7 @@ def train_codec(
         export_weights(model, out_dir / "weights.safetensors")
 
     _run_loop(out_dir, steps, step, train_step, checkpoint, opt, lr, progress, max_minutes, checkpoint_minutes,
-              log_every)
+              log_every, dist)
     return out_dir / "weights.safetensors"
 
 

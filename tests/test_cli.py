@@ -273,3 +273,29 @@ def test_ctrl_c_stops_a_batch_and_leaves_only_complete_files(tmp_path, tiny_weig
     assert 0 < len(written) < len(sources) and all(name.endswith(".sic") for name in written)  # no temp files
     for name in written:
         assert not container.parse((out / name).read_bytes()).problem
+
+
+def test_train_codec_under_torchrun_two_ranks(tmp_path, images):
+    # two CPU ranks (gloo): rank 0 alone logs and checkpoints, and its clock stops both ranks together
+    # (a rank left waiting in a collective would hang until the timeout)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        photo(96, 80, seed=i).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "codec",
+           "train", "codec", str(data), "--out", str(out), "--steps", "3", "--batch-size", "1", "--patch-size", "64",
+           "--small", "-q", "--device", "cpu"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    logs = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in logs] == [3]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    r = subprocess.run(cmd[:-2] + ["--steps", "1000", "--resume", str(out / "checkpoint.pt"), "--max-minutes", "0.05",
+                                   "--device", "cpu"], env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 3 < torch.load(out / "checkpoint.pt", weights_only=False)["step"] < 1000
+    sic = tmp_path / "t.sic"
+    assert subprocess.run([sys.executable, "-m", "codec", "encode", str(images[0]), "-o", str(sic), "--weights",
+                           str(out / "weights.safetensors")], env=env).returncode == 0
