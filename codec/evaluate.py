@@ -158,7 +158,6 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
         raise SiccError(f"{dataset}: no images")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []  # one per (codec, setting, image)
-    reused: list[str] = []
     if anchors is not None:
         rows = [r for r in reusable_rows(anchors, [p.name for p in paths]) if r["codec"] in codecs]
         codecs = [c for c in codecs if c not in {r["codec"] for r in rows}]
@@ -221,9 +220,10 @@ def average_curves(rows: list[dict]) -> dict[str, list[tuple]]:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Dataset: `{result['dataset']}` ({result['images']} images), weights: `{result['weights']}`", ""]
+    lines = [f"Dataset: `{result['dataset']}` ({result['images']} images), weights: `{result['weights']}`"]
     if result.get("reused"):
-        lines[-1:] = [f"Results of {', '.join(result['reused']['codecs'])} reused from `{result['reused']['from']}`.", ""]
+        lines.append(f"Results of {', '.join(result['reused']['codecs'])} reused from `{result['reused']['from']}`.")
+    lines.append("")
     if result["bd_rate_psnr_vs"]:
         lines += ["| sicc vs | BD-rate (PSNR) | BD-rate (LPIPS) |", "|---|---|---|"]
         lines += [f"| {c} | {v:+.1f} % | {result['bd_rate_lpips_vs'][c]:+.1f} % |"

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler
-from .errors import SiccError
 from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas
 from .regularizer import ConditionalSourceModel
 
@@ -59,11 +58,10 @@ class Distributed:
     def __init__(self, device: str = "auto"):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        if cuda and not torch.cuda.is_available():
-            raise SiccError("--device cuda: no CUDA device available")
-        self.device = torch.device("cuda", local) if cuda else torch.device("cpu")
+        from .perceptual import resolve_device
+
+        cuda = resolve_device(device).type == "cuda"
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if cuda else "gloo")
 

@@ -48,6 +48,14 @@ def photo(width: int = 96, height: int = 80, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + noise + 20, 0, 255).astype(np.uint8), "RGB")
 
 
+def photo_dir(path: Path, count: int, width: int, height: int) -> Path:
+    """A directory of `count` different photo()s, a dataset for training and evaluation commands."""
+    path.mkdir()
+    for i in range(count):
+        photo(width, height, seed=i).save(path / f"{i}.png")
+    return path
+
+
 def kodak_crop(name: str = "kodim23.png", box=(256, 128, 512, 384)) -> Image.Image:
     path = KODAK / name
     if not path.exists():

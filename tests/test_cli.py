@@ -13,7 +13,7 @@ from PIL import Image
 
 from codec.cli import cli
 
-from .conftest import photo
+from .conftest import photo, photo_dir
 
 
 @pytest.fixture
@@ -159,10 +159,7 @@ def test_pipes_through_stdin_and_stdout(images, tiny_weights):
 
 
 def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(3):
-        photo(96, 80, seed=i).save(data / f"{i}.png")
+    data = photo_dir(tmp_path / "data", 3, 96, 80)
     out = tmp_path / "run"
     r = run("train", "codec", data, "--out", out, "--steps", 6, "--batch-size", 2, "--patch-size", 64, "--small", "-q",
             "--reg-alpha", 0.1)
@@ -192,10 +189,7 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
 
 
 def test_eval_writes_curves_table_and_plot(run, tmp_path, tiny_weights):
-    data = tmp_path / "set"
-    data.mkdir()
-    for i in range(2):
-        photo(64, 48, seed=i).save(data / f"{i}.png")
+    data = photo_dir(tmp_path / "set", 2, 64, 48)
     out = tmp_path / "eval"
     r = run("eval", data, "--out", out, "--codecs", "sicc,jpeg,webp", "--weights", tiny_weights, "-q")
     assert r.exit_code == 0, r.stderr
@@ -278,10 +272,7 @@ def test_ctrl_c_stops_a_batch_and_leaves_only_complete_files(tmp_path, tiny_weig
 def test_train_codec_under_torchrun_two_ranks(tmp_path, images):
     # two CPU ranks (gloo): rank 0 alone logs and checkpoints, and its clock stops both ranks together
     # (a rank left waiting in a collective would hang until the timeout)
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        photo(96, 80, seed=i).save(data / f"{i}.png")
+    data = photo_dir(tmp_path / "data", 2, 96, 80)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "codec",

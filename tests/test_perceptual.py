@@ -14,7 +14,7 @@ from codec.diffusion import TINY_UNET, LinearSchedule, UNet, denoising_loss, sam
 from codec.errors import SiccError
 from codec.perceptual import export_prior, invert, load_prior, tile_starts
 
-from .conftest import kodak_crop, photo
+from .conftest import kodak_crop, photo, photo_dir
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,7 @@ def test_perceptual_without_a_prior_is_a_clear_error(tiny_weights, tmp_path):
 
 
 def test_train_prior_cli_then_decode_with_it(tmp_path, tiny_weights):
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(2):
-        photo(48, 40, seed=i).save(data / f"{i}.png")
+    data = photo_dir(tmp_path / "data", 2, 48, 40)
     out = tmp_path / "prior"
     run = CliRunner().invoke
     r = run(cli, ["train", "prior", str(data), "--out", str(out), "--steps", "5", "--batch-size", "2",
