@@ -107,7 +107,8 @@ def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None
     header = cont.header
     k = min(choose_layer_count(header, layers, bpp, nbytes), cont.intact)
     if perceptual:
-        from .perceptual import invert, prior_for, resolve_device
+        from .device import resolve_device
+        from .perceptual import invert, prior_for
 
         dev = resolve_device(device)
         prior = prior_for(prior_weights, dev)

@@ -168,6 +168,9 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
         task = bar.add_task("evaluating", total=len(paths) * len(codecs))
         for path in paths:
             img = Image.open(path).convert("RGB")
+            # Pixels alone: some codecs would carry an ICC profile or EXIF (counting its bytes, or, for
+            # djxl, returning pixels in another colour encoding), others drop it; the metrics compare pixels.
+            img.info.clear()
             ref = np.asarray(img)
             pixels = img.width * img.height
             for codec in codecs:

@@ -69,14 +69,6 @@ def prior_for(path: Path | None, device: str | torch.device = "cpu") -> UNet:
     return _cached_prior(str(p.resolve()), p.stat().st_mtime_ns, str(torch.device(device)))
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SiccError("--device cuda: no CUDA device available")
-    return torch.device(device)
-
-
 # Large images are inverted in overlapping tiles (bounded memory), cross-faded over the overlap.
 # Multiples of the codec's 64-px grid, so every tile re-encodes on the file's latent grid.
 TILE_PX, TILE_OVERLAP_PX = 384, 64

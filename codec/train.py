@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler
+from .device import resolve_device
 from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas
 from .regularizer import ConditionalSourceModel
 
@@ -58,8 +59,6 @@ class Distributed:
     def __init__(self, device: str = "auto"):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        from .perceptual import resolve_device
-
         cuda = resolve_device(device).type == "cuda"
         self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
         if self.world > 1 and not torch.distributed.is_initialized():

@@ -51,6 +51,18 @@ def default_weights_path() -> Path:
     return shipped_weights_dir() / DEFAULT_WEIGHTS
 
 
+def weights_path(name_or_path: Path | str | None) -> Path:
+    """A weights file: an existing path as given, else a shipped file by name (`sicc-base-lpips`,
+    with or without `.safetensors`), else the shipped default when none is given."""
+    if name_or_path is None:
+        return default_weights_path()
+    path = Path(name_or_path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    shipped = shipped_weights_dir() / (path.name if path.suffix == ".safetensors" else f"{path.name}.safetensors")
+    return shipped if shipped.exists() else path
+
+
 def weights_id(path: Path) -> bytes:
     st = Path(path).stat()
     return _file_id(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
@@ -208,7 +220,7 @@ def _load_cached(path: str, mtime_ns: int, size: int, device: str):
 def load_codec(path: Path | None = None, device: str | torch.device = "cpu"):
     """The `LatentCodec` of a weights file (default: the shipped default weights) on `device`; cached
     per device, so concurrent decodes on different devices never move a shared model."""
-    path = Path(path) if path is not None else default_weights_path()
+    path = weights_path(path)
     try:
         st = path.stat()
     except OSError:

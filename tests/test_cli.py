@@ -220,6 +220,21 @@ def test_eval_writes_curves_table_and_plot(run, tmp_path, tiny_weights):
     assert r.exit_code == 1 and "not a sicc eval results.json" in r.stderr
 
 
+def test_eval_measures_pixels_without_the_metadata_some_codecs_carry(tmp_path, tiny_weights):
+    from PIL import Image, ImageCms
+
+    from codec.evaluate import evaluate
+
+    plain = photo_dir(tmp_path / "plain", 1, 64, 48)
+    tagged = tmp_path / "tagged"
+    tagged.mkdir()
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.open(plain / "0.png").save(tagged / "0.png", icc_profile=srgb)
+    res = [evaluate(d, tmp_path / f"eval-{d.name}", ["sicc", "avif"], tiny_weights) for d in (plain, tagged)]
+    # sicc would carry the profile in its container (and AVIF in its own); here both code the same pixels.
+    assert [r["bytes"] for r in res[0]["rows"]] == [r["bytes"] for r in res[1]["rows"]]
+
+
 def test_bd_rate_of_a_curve_against_itself_and_a_cheaper_one():
     from codec.evaluate import bd_rate
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,3 +55,20 @@ def test_wheel_carries_the_weights_and_works_from_any_directory(tmp_path):
                            text=True)
         assert r.returncode == 0, r.stderr
     assert np.asarray(__import__("PIL.Image").Image.open(work / "b.png")).shape == (64, 64, 3)
+
+
+def test_weights_are_chosen_by_shipped_name_or_path(tmp_path, monkeypatch):
+    from codec.errors import SiccError
+    from codec.weights import load_codec, weights_path
+
+    default = default_weights_path()
+    for name in ("sicc-base", "sicc-base.safetensors", None):
+        assert weights_path(name) == default
+    assert load_codec("sicc-base") is load_codec(None)
+    # A file in the working directory wins over a shipped name; a path with folders is never a name.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sicc-base").write_bytes(b"not weights")
+    assert weights_path("sicc-base") == Path("sicc-base")
+    assert weights_path("nowhere/sicc-base") == Path("nowhere/sicc-base")
+    with pytest.raises(SiccError, match="weights file not found"):
+        load_codec("sicc-no-such-weights")
