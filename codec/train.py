@@ -134,6 +134,21 @@ def psnr(mse: float) -> float:
     return -10 * math.log10(max(mse, 1e-12))
 
 
+def finite_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], clip: float | None = None) -> bool:
+    """`opt.step()` unless a gradient is NaN/inf (one bad batch, e.g. a zero feature vector under
+    LPIPS's normalisation, must not poison the weights and every checkpoint after); returns whether
+    it stepped. Gradients are clipped to norm `clip` first when given."""
+    if clip is not None:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        norm = torch.stack([g.norm() for g in (p.grad for p in params) if g is not None]).norm()
+    if not torch.isfinite(norm):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
 def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt, lr: float, progress: bool,
               max_minutes: float | None, checkpoint_minutes: float, log_every: int,
               dist: Distributed | None = None) -> int:
@@ -259,7 +274,7 @@ def train_codec(
             source_opt.zero_grad(set_to_none=True)
             fit.backward()
             dist.average_gradients(list(source_model.parameters()))
-            source_opt.step()
+            finite_step(source_opt, list(source_model.parameters()))
             source_model.requires_grad_(False)
             h_cond = source_model.bits_per_pixel(x, terms["x_full"])
             source_model.requires_grad_(True)
@@ -268,14 +283,13 @@ def train_codec(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         dist.average_gradients(main)
-        torch.nn.utils.clip_grad_norm_(main, 1.0)
-        opt.step()
+        skipped = not finite_step(opt, main, clip=1.0)
         aux_loss = model.aux_loss()
         aux_opt.zero_grad(set_to_none=True)
         aux_loss.backward()
         dist.average_gradients(aux)
-        aux_opt.step()
-        return {"loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
+        finite_step(aux_opt, aux)
+        return {"skipped": float(skipped), "loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
                 "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
                 "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record,
                 **{k: terms[k].item() for k in ("lpips_full", "lpips_level") if k in terms}}
@@ -331,9 +345,8 @@ def train_prior(
             loss = denoising_loss(model, schedule, x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return {"loss": loss.item()}
+        skipped = not finite_step(opt, list(model.parameters()), clip=1.0)
+        return {"skipped": float(skipped), "loss": loss.item()}
 
     def checkpoint(step: int):
         _atomic_torch_save({"config": model.cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),

@@ -3,7 +3,7 @@ import torch
 
 from codec.api import _padded_tensor
 from codec.model import TINY_CONFIG, ProgressiveCodec, level_gammas, level_lambdas
-from codec.train import progressive_loss
+from codec.train import finite_step, progressive_loss
 from codec.weights import load_codec
 
 from .conftest import photo
@@ -56,6 +56,22 @@ def test_lpips_term_adds_sic_gammas_times_lpips_and_pulls_toward_lower_lpips():
     # the gradient reaches the synthesis through LPIPS (whose own weights stay frozen)
     tuned["loss"].backward()
     assert model.g_s[0].weight.grad.abs().sum() > 0 and all(p.grad is None for p in lpips.parameters())
+
+
+def test_a_nonfinite_gradient_skips_the_update_and_keeps_the_optimiser_state():
+    torch.manual_seed(0)
+    model = ProgressiveCodec(TINY_CONFIG).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    x = torch.rand(1, 3, 64, 64)
+    progressive_loss(model, x, 1, level_lambdas(len(TINY_CONFIG.slices)))["loss"].backward()
+    assert finite_step(opt, params, clip=1.0)
+    before = [p.detach().clone() for p in params]
+    adam_steps = opt.state[params[0]]["step"].item()
+    (progressive_loss(model, x, 1, level_lambdas(len(TINY_CONFIG.slices)))["loss"] * float("nan")).backward()
+    assert not finite_step(opt, params, clip=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert opt.state[params[0]]["step"].item() == adam_steps and all(p.grad is None for p in params)
 
 
 def test_latent_round_trip_is_exact(tiny_weights):

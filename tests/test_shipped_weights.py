@@ -11,7 +11,7 @@ import pytest
 
 from codec import container
 from codec.api import decode_image, encode_image, truncate
-from codec.weights import DEFAULT_WEIGHTS, default_weights_path
+from codec.weights import DEFAULT_WEIGHTS, default_weights_path, weights_path
 
 from .conftest import ROOT, kodak_crop, psnr
 
@@ -59,7 +59,7 @@ def test_wheel_carries_the_weights_and_works_from_any_directory(tmp_path):
 
 def test_weights_are_chosen_by_shipped_name_or_path(tmp_path, monkeypatch):
     from codec.errors import SiccError
-    from codec.weights import load_codec, weights_path
+    from codec.weights import load_codec
 
     default = default_weights_path()
     for name in ("sicc-base", "sicc-base.safetensors", None):
@@ -72,3 +72,19 @@ def test_weights_are_chosen_by_shipped_name_or_path(tmp_path, monkeypatch):
     assert weights_path("nowhere/sicc-base") == Path("nowhere/sicc-base")
     with pytest.raises(SiccError, match="weights file not found"):
         load_codec("sicc-no-such-weights")
+
+
+LPIPS_WEIGHTS = "sicc-base-lpips"
+
+
+@pytest.mark.skipif(not weights_path(LPIPS_WEIGHTS).exists(), reason="no perceptual weights shipped yet")
+def test_perceptual_weights_are_chosen_by_name_and_found_again_by_the_file():
+    from codec.evaluate import lpips
+
+    img = kodak_crop("kodim13.png", (0, 0, 320, 200))
+    data = encode_image(img, weights=LPIPS_WEIGHTS)
+    assert container.parse(data).header.weights_id != container.parse(encode_image(img)).header.weights_id
+    ref = np.asarray(img)
+    # Decoded without --weights: the file's weights id names the shipped perceptual file.
+    scores = [lpips(ref, np.asarray(decode_image(truncate(data, layers=k)))) for k in (2, 5, 9)]
+    assert scores[0] > scores[1] > scores[2], scores
