@@ -124,8 +124,11 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
     terms = {"bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
              "x_full": out["x_full"]}
     if lpips is not None:
-        terms["lpips_full"] = lpips(x, out["x_full"]).mean()
-        terms["lpips_level"] = lpips(x, out["x_level"]).mean()
+        # On the images the decoder delivers (clamped to [0, 1]): unclamped, LPIPS rewarded pixels far
+        # outside the range, and the mean-filled low levels learnt overshoots of -1.7..2.5 that the real
+        # decode clamps into LPIPS 1.0 (session 4). Out-of-range pixels get only the MSE's gradient.
+        terms["lpips_full"] = lpips(x, out["x_full"].clamp(0, 1)).mean()
+        terms["lpips_level"] = lpips(x, out["x_level"].clamp(0, 1)).mean()
         loss = loss + 0.5 * (gammas[S] * terms["lpips_full"] + gammas[level] * terms["lpips_level"])
     return {"loss": loss, **terms}
 

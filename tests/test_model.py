@@ -58,6 +58,23 @@ def test_lpips_term_adds_sic_gammas_times_lpips_and_pulls_toward_lower_lpips():
     assert model.g_s[0].weight.grad.abs().sum() > 0 and all(p.grad is None for p in lpips.parameters())
 
 
+def test_lpips_term_scores_the_clamped_image_the_decoder_delivers():
+    from codec.evaluate import lpips as lpips_of_arrays
+    from codec.lpips import load_lpips
+
+    S = len(TINY_CONFIG.slices)
+    torch.manual_seed(0)
+    model = ProgressiveCodec(TINY_CONFIG).train()
+    # The synthesis' last bias pushes every pixel far out of range, as an LPIPS-gamed decoder did.
+    with torch.no_grad():
+        model.g_s[-1].bias.fill_(3.0)
+    x = torch.rand(1, 3, 64, 64)
+    terms = progressive_loss(model, x, 1, level_lambdas(S), load_lpips(), level_gammas(S, 1.0))
+    delivered = (terms["x_full"].detach().clamp(0, 1)[0].permute(1, 2, 0) * 255).round().numpy()
+    reference = (x[0].permute(1, 2, 0) * 255).round().numpy()
+    assert abs(terms["lpips_full"].item() - lpips_of_arrays(reference, delivered)) < 0.02
+
+
 def test_a_nonfinite_gradient_skips_the_update_and_keeps_the_optimiser_state():
     torch.manual_seed(0)
     model = ProgressiveCodec(TINY_CONFIG).train()
