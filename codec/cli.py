@@ -183,7 +183,7 @@ def _one_rate(layers, bpp, nbytes, required=False):
 
 _debug_option = click.option("--debug", is_flag=True, help="Show tracebacks.")
 _weights_option = click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
-                               help="Weights file, or the name of a shipped one (sicc-base). "
+                               help="Weights file, or the name of a shipped one (sicc-base, sicc-base-lpips). "
                                     "Default: encode with sicc-base; decode with the shipped weights the file records.")
 
 
