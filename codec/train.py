@@ -124,9 +124,9 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
     terms = {"bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
              "x_full": out["x_full"]}
     if lpips is not None:
-        # On the images the decoder delivers (clamped to [0, 1]): unclamped, LPIPS rewarded pixels far
-        # outside the range, and the mean-filled low levels learnt overshoots of -1.7..2.5 that the real
-        # decode clamps into LPIPS 1.0 (session 4). Out-of-range pixels get only the MSE's gradient.
+        # On the images the decoder delivers (clamped to [0, 1]): unclamped, LPIPS can reward pixels far
+        # outside the range (a session-4 fine-tune's low levels overshot to -2.9..4.0 on full-size
+        # images; docs/training.md). Out-of-range pixels get only the MSE's gradient.
         terms["lpips_full"] = lpips(x, out["x_full"].clamp(0, 1)).mean()
         terms["lpips_level"] = lpips(x, out["x_level"].clamp(0, 1)).mean()
         loss = loss + 0.5 * (gammas[S] * terms["lpips_full"] + gammas[level] * terms["lpips_level"])
@@ -138,13 +138,14 @@ def psnr(mse: float) -> float:
 
 
 def finite_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], clip: float | None = None) -> bool:
-    """`opt.step()` unless a gradient is NaN/inf (one bad batch, e.g. a zero feature vector under
-    LPIPS's normalisation, must not poison the weights and every checkpoint after); returns whether
-    it stepped. Gradients are clipped to norm `clip` first when given."""
+    """`opt.step()` unless a gradient is NaN/inf (one bad batch must not poison the weights and every
+    checkpoint after: session 4 lost a run that way); returns whether it stepped. Gradients are
+    clipped to norm `clip` first when given. Under torchrun the gradients are already averaged, so
+    every rank skips the same steps."""
     if clip is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
     else:
-        norm = torch.stack([g.norm() for g in (p.grad for p in params) if g is not None]).norm()
+        norm = torch.tensor(math.sqrt(sum(p.grad.pow(2).sum().item() for p in params if p.grad is not None)))
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         return False
