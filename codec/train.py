@@ -140,12 +140,9 @@ def psnr(mse: float) -> float:
 def finite_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], clip: float | None = None) -> bool:
     """`opt.step()` unless a gradient is NaN/inf (one bad batch must not poison the weights and every
     checkpoint after: session 4 lost a run that way); returns whether it stepped. Gradients are
-    clipped to norm `clip` first when given. Under torchrun the gradients are already averaged, so
-    every rank skips the same steps."""
-    if clip is not None:
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-    else:
-        norm = torch.tensor(math.sqrt(sum(p.grad.pow(2).sum().item() for p in params if p.grad is not None)))
+    clipped to norm `clip` first when given (an infinite bound only measures). Under torchrun the
+    gradients are already averaged, so every rank skips the same steps."""
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
     if not torch.isfinite(norm):
         opt.zero_grad(set_to_none=True)
         return False
