@@ -432,6 +432,9 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--lpips-weight", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Add LPIPS with SIC's per-level gamma times this (0: MSE only; for the -lpips weights, "
                    "fine-tuned from MSE weights).")
+@click.option("--full-weight", default=0.5, show_default=True, type=click.FloatRange(min=0, max=1),
+              help="Share of each step's loss given to the full file; the rest goes to the step's level "
+                   "(SIC: 0.5; lower favours the truncated layers).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
 def train_codec_cmd(data_dir, small, quiet, **kwargs):

@@ -109,8 +109,9 @@ def split_parameters(model: ProgressiveCodec):
 
 
 def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float],
-                     lpips=None, gammas: list[float] | None = None) -> dict:
-    """With `lpips` (an LPIPS module) each half also gets gamma * LPIPS of its reconstruction."""
+                     lpips=None, gammas: list[float] | None = None, full_weight: float = 0.5) -> dict:
+    """full_weight * (full-file term) + (1 - full_weight) * (this step's level term); SIC uses 0.5.
+    With `lpips` (an LPIPS module) each term also gets gamma * LPIPS of its reconstruction."""
     out = model(x, level)
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
     z_bits = bits(out["likelihoods"]["z"])
@@ -120,7 +121,9 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
     mse_full = torch.mean((out["x_full"] - x) ** 2)
     mse_level = torch.mean((out["x_level"] - x) ** 2)
     S = len(model.cfg.slices)
-    loss = 0.5 * (rate_full + lambdas[S] * 255**2 * mse_full) + 0.5 * (rate_level + lambdas[level] * 255**2 * mse_level)
+    w_full, w_level = full_weight, 1.0 - full_weight
+    loss = (w_full * (rate_full + lambdas[S] * 255**2 * mse_full)
+            + w_level * (rate_level + lambdas[level] * 255**2 * mse_level))
     terms = {"bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
              "x_full": out["x_full"]}
     if lpips is not None:
@@ -129,7 +132,7 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
         # images; docs/training.md). Out-of-range pixels get only the MSE's gradient.
         terms["lpips_full"] = lpips(x, out["x_full"].clamp(0, 1)).mean()
         terms["lpips_level"] = lpips(x, out["x_level"].clamp(0, 1)).mean()
-        loss = loss + 0.5 * (gammas[S] * terms["lpips_full"] + gammas[level] * terms["lpips_level"])
+        loss = loss + w_full * gammas[S] * terms["lpips_full"] + w_level * gammas[level] * terms["lpips_level"]
     return {"loss": loss, **terms}
 
 
@@ -212,13 +215,14 @@ def train_codec(
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
-    device: str = "auto",
+    device: str = "auto", full_weight: float = 0.5,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
     "bf16" runs the image-resolution transforms under bf16 autocast; `lpips_weight` > 0 adds
     LPIPS (AlexNet) with SIC's per-level gamma (model.level_gammas) for the perceptually tuned weights.
-    `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops."""
+    `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops.
+    `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5)."""
     from .weights import export_weights, load_float_model, without_compressai_buffers
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -267,7 +271,7 @@ def train_codec(
     def train_step(step: int) -> dict:
         level = step % len(cfg.slices)
         x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
-        terms = progressive_loss(model, x, level, lambdas, lpips, gammas)
+        terms = progressive_loss(model, x, level, lambdas, lpips, gammas, full_weight)
         loss, record = terms["loss"], {}
         if source_model is not None:
             # (1) fit q(x | x̂) by maximum likelihood on a detached x̂; (2) the codec maximises H(X|X̂)

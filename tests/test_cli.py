@@ -180,7 +180,7 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
     torch.save(state, out / "checkpoint.pt")
     r = run("train", "codec", data, "--out", out, "--steps", 8, "--batch-size", 2, "--patch-size", 64,
             "--resume", out / "checkpoint.pt", "-q", "--reg-alpha", 0.1, "--lr", 5e-5, "--precision", "bf16",
-            "--lpips-weight", 1)
+            "--lpips-weight", 1, "--full-weight", 0.25)
     assert r.exit_code == 0, r.stderr
     last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 8 and np.isfinite(last["loss"]) and 0 < last["lpips_full"] < 1

@@ -58,6 +58,19 @@ def test_lpips_term_adds_sic_gammas_times_lpips_and_pulls_toward_lower_lpips():
     assert model.g_s[0].weight.grad.abs().sum() > 0 and all(p.grad is None for p in lpips.parameters())
 
 
+def test_full_weight_splits_the_loss_between_the_full_file_and_the_level():
+    S = len(TINY_CONFIG.slices)
+    model, lams = ProgressiveCodec(TINY_CONFIG).train(), level_lambdas(S)
+    x = torch.rand(2, 3, 64, 64)
+    for w in (0.0, 0.25, 1.0):
+        torch.manual_seed(2)  # the same quantisation noise for every weighting
+        t = progressive_loss(model, x, 1, lams, full_weight=w)
+        full = t["bpp_full"] + lams[S] * 255**2 * t["mse_full"]
+        level = t["bpp_level"] + lams[1] * 255**2 * t["mse_level"]
+        assert torch.allclose(t["loss"], w * full + (1 - w) * level)
+    assert not torch.allclose(full, level)
+
+
 def test_lpips_term_scores_the_clamped_image_the_decoder_delivers():
     from codec.evaluate import lpips as lpips_of_arrays
     from codec.lpips import load_lpips
