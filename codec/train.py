@@ -210,6 +210,30 @@ def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
     return out_dir
 
 
+def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple[ProgressiveCodec, dict | None]:
+    """The codec to train: new (`cfg`, default ModelConfig()), or resumed from a checkpoint.pt (then also
+    its full state) or a weights .safetensors. Constant buffers (bounds, pedestals, targets) always
+    come from the constructor: weights files hold them in fp16, where the 1e-9 likelihood floor is 0,
+    and a zero likelihood gave infinite rates and non-finite gradients (sessions 4 and 5)."""
+    from .weights import load_float_model, without_compressai_buffers
+
+    state = None
+    if resume is not None and Path(resume).suffix == ".pt":
+        state = torch.load(resume, map_location="cpu", weights_only=False)
+        model = ProgressiveCodec(ModelConfig.from_json(state["config"]))
+        model.load_state_dict(without_compressai_buffers(state["model"]))
+    elif resume is not None:
+        model = load_float_model(Path(resume))
+    else:
+        model = ProgressiveCodec(cfg or ModelConfig())
+    with torch.random.fork_rng(devices=[]):  # building the reference must not move the seeded stream
+        constants = dict(ProgressiveCodec(model.cfg).named_buffers())
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(constants[name])
+    return model.train(), state
+
+
 def train_codec(
     data_dir: Path, out_dir: Path, steps: int, batch_size: int = 8, patch_size: int = 128, lr: float = 3e-4,
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
@@ -223,22 +247,12 @@ def train_codec(
     LPIPS (AlexNet) with SIC's per-level gamma (model.level_gammas) for the perceptually tuned weights.
     `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops.
     `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5)."""
-    from .weights import export_weights, load_float_model, without_compressai_buffers
+    from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
     dist = Distributed(device)
-    state = None
-    if resume is not None and Path(resume).suffix == ".pt":
-        state = torch.load(resume, map_location="cpu", weights_only=False)
-        cfg = ModelConfig.from_json(state["config"])
-        model = ProgressiveCodec(cfg)
-        model.load_state_dict(without_compressai_buffers(state["model"]))
-    elif resume is not None:
-        model = load_float_model(Path(resume))
-        cfg = model.cfg
-    else:
-        cfg = cfg or ModelConfig()
-        model = ProgressiveCodec(cfg)
+    model, state = model_to_train(resume, cfg)
+    cfg = model.cfg
     model.to(dist.device)
     dist.same_start(model)
     main, aux = split_parameters(model)

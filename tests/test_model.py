@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from codec.api import _padded_tensor
-from codec.model import TINY_CONFIG, ProgressiveCodec, level_gammas, level_lambdas
-from codec.train import finite_step, progressive_loss
+from codec.model import TINY_CONFIG, ProgressiveCodec, bits, level_gammas, level_lambdas
+from codec.train import finite_step, model_to_train, progressive_loss
 from codec.weights import load_codec
 
 from .conftest import photo
@@ -102,6 +102,29 @@ def test_a_nonfinite_gradient_skips_the_update_and_keeps_the_optimiser_state():
     assert not finite_step(opt, params, clip=1.0)
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     assert opt.state[params[0]]["step"].item() == adam_steps and all(p.grad is None for p in params)
+
+
+def test_training_resumed_from_a_weights_file_keeps_the_likelihood_floor(tmp_path):
+    from codec.weights import export_weights, load_float_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    export_weights(ProgressiveCodec(TINY_CONFIG), path)
+    # fp16 holds the 1e-9 floor as 0: a latent far out in the tail then costs infinitely many bits
+    assert load_float_model(path).entropy_bottleneck.likelihood_lower_bound.bound.item() == 0
+    torch.manual_seed(1)
+    load_float_model(path)
+    rng_after_load = torch.get_rng_state()
+    torch.manual_seed(1)
+    model, state = model_to_train(path)
+    # restoring the constants leaves the seeded stream (crops, noise) where loading alone leaves it
+    assert state is None and torch.equal(torch.get_rng_state(), rng_after_load)
+    assert model.entropy_bottleneck.likelihood_lower_bound.bound.item() == torch.tensor(1e-9).item()
+    z = torch.full((1, TINY_CONFIG.Z, 1, 1), 1e4)
+    _, lik = model.entropy_bottleneck(z)
+    assert torch.isfinite(bits(lik))
+    # the parameters are the file's
+    assert torch.equal(model.g_s[0].weight, load_float_model(path).g_s[0].weight)
 
 
 def test_latent_round_trip_is_exact(tiny_weights):
