@@ -435,16 +435,30 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--full-weight", default=0.5, show_default=True, type=click.FloatRange(min=0, max=1),
               help="Share of each step's loss given to the full file; the rest goes to the step's level "
                    "(SIC: 0.5; lower favours the truncated layers).")
+@click.option("--slices", help="Latent channels per slice (one layer each), e.g. 24,24,24,24,24,24,24,24; "
+                                "with --resume FILE.safetensors the transforms come from the file and the slice "
+                                "networks start fresh.  [default: the shipped layout]")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
-def train_codec_cmd(data_dir, small, quiet, **kwargs):
+def train_codec_cmd(data_dir, small, quiet, slices, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""
-    from .model import TINY_CONFIG
+    import dataclasses
+
+    from .model import TINY_CONFIG, ModelConfig
     from .train import train_codec
 
     if kwargs["patch_size"] % 64:
         raise click.UsageError("--patch-size must be a multiple of 64")
-    path = _run_training(train_codec, data_dir, quiet, cfg=TINY_CONFIG if small else None, **kwargs)
+    cfg = TINY_CONFIG if small else None
+    if slices:
+        try:
+            sizes = tuple(int(s) for s in slices.split(","))
+        except ValueError:
+            raise click.UsageError("--slices takes comma-separated channel counts, e.g. 24,24,24") from None
+        if not sizes or min(sizes) < 1:
+            raise click.UsageError("--slices takes positive channel counts")
+        cfg = dataclasses.replace(cfg or ModelConfig(), slices=sizes, M=sum(sizes))
+    path = _run_training(train_codec, data_dir, quiet, cfg=cfg, **kwargs)
     click.echo(f"weights: {path}")
 
 

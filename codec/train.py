@@ -19,6 +19,7 @@ import torch
 
 from .data import CropSampler
 from .device import resolve_device
+from .errors import SiccError
 from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas
 from .regularizer import ConditionalSourceModel
 
@@ -212,7 +213,9 @@ def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
 
 def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple[ProgressiveCodec, dict | None]:
     """The codec to train: new (`cfg`, default ModelConfig()), or resumed from a checkpoint.pt (then also
-    its full state) or a weights .safetensors. Constant buffers (bounds, pedestals, targets) always
+    its full state) or a weights .safetensors. A `cfg` other than the file's starts that model from the
+    file: every tensor whose name and shape match is taken (with a new slice layout: the transforms and
+    the hyperprior), the rest starts fresh. Constant buffers (bounds, pedestals, targets) always
     come from the constructor: weights files hold them in fp16, where the 1e-9 likelihood floor is 0,
     and a zero likelihood gave infinite rates and non-finite gradients (sessions 4 and 5)."""
     from .weights import load_float_model, without_compressai_buffers
@@ -226,6 +229,12 @@ def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple
         model = load_float_model(Path(resume))
     else:
         model = ProgressiveCodec(cfg or ModelConfig())
+    if cfg is not None and cfg != model.cfg:
+        if state is not None:
+            raise SiccError("a checkpoint.pt resumes its own model; start a new layout from a .safetensors")
+        donor, model = model.state_dict(), ProgressiveCodec(cfg)
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in donor.items() if k in own and own[k].shape == v.shape}, strict=False)
     with torch.random.fork_rng(devices=[]):  # building the reference must not move the seeded stream
         constants = dict(ProgressiveCodec(model.cfg).named_buffers())
     with torch.no_grad():

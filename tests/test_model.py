@@ -127,6 +127,32 @@ def test_training_resumed_from_a_weights_file_keeps_the_likelihood_floor(tmp_pat
     assert torch.equal(model.g_s[0].weight, load_float_model(path).g_s[0].weight)
 
 
+def test_a_new_slice_layout_starts_from_the_files_transforms(tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from codec.errors import SiccError
+    from codec.weights import export_weights, load_float_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    export_weights(ProgressiveCodec(TINY_CONFIG), path)
+    donor = load_float_model(path)
+    wide = dataclasses.replace(TINY_CONFIG, slices=(16, 16))
+    model, _ = model_to_train(path, wide)
+    assert model.cfg == wide and len(model.slice_nets) == 2
+    for name in ("g_a.0.weight", "g_s.6.weight", "h_s.0.weight", "entropy_bottleneck.quantiles"):
+        assert torch.equal(model.state_dict()[name], donor.state_dict()[name])
+    # slice network 1 now sees 16 earlier channels, not 8: it cannot come from the file
+    assert model.slice_nets[1][0].weight.shape[1] == TINY_CONFIG.hyper + 16
+    assert model.entropy_bottleneck.likelihood_lower_bound.bound.item() > 0
+    # a checkpoint carries optimiser state for its own layout: it resumes only that
+    torch.save({"config": TINY_CONFIG.to_json(), "model": donor.state_dict()}, tmp_path / "c.pt")
+    with pytest.raises(SiccError):
+        model_to_train(tmp_path / "c.pt", wide)
+
+
 def test_latent_round_trip_is_exact(tiny_weights):
     codec = load_codec(tiny_weights)
     x = _padded_tensor(np.asarray(photo(100, 70)))
