@@ -15,6 +15,7 @@ from PIL import Image
 
 from codec.evaluate import bd_rate
 from codec.model import bits
+from codec.train import psnr
 from codec.weights import load_float_model
 
 IMAGES = ["kodim01", "kodim05", "kodim07", "kodim13", "kodim19", "kodim23"]
@@ -34,8 +35,7 @@ def level_curve(path: str, images: list[torch.Tensor]) -> tuple[list[tuple[float
                 rec = out["x_full"] if level == len(slices) else out["x_level"]
                 mse = ((rec.clamp(0, 1) - x) ** 2).mean().item()
                 y_bits = [bits(l).item() for l in out["likelihoods"]["y"]]
-                points[level] += ((bits(out["likelihoods"]["z"]).item() + sum(y_bits[:level])) / pixels,
-                                  10 * np.log10(1 / mse))
+                points[level] += ((bits(out["likelihoods"]["z"]).item() + sum(y_bits[:level])) / pixels, psnr(mse))
             elements = pixels / 256  # y is at 1/16 of the resolution in both directions
             slice_bits += np.array(y_bits) / (elements * np.array(slices))
     points /= len(images)

@@ -220,15 +220,15 @@ def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple
     and a zero likelihood gave infinite rates and non-finite gradients (sessions 4 and 5)."""
     from .weights import load_float_model, without_compressai_buffers
 
+    if resume is None:
+        return ProgressiveCodec(cfg or ModelConfig()).train(), None
     state = None
-    if resume is not None and Path(resume).suffix == ".pt":
+    if Path(resume).suffix == ".pt":
         state = torch.load(resume, map_location="cpu", weights_only=False)
         model = ProgressiveCodec(ModelConfig.from_json(state["config"]))
         model.load_state_dict(without_compressai_buffers(state["model"]))
-    elif resume is not None:
-        model = load_float_model(Path(resume))
     else:
-        model = ProgressiveCodec(cfg or ModelConfig())
+        model = load_float_model(Path(resume))
     if cfg is not None and cfg != model.cfg:
         if state is not None:
             raise SiccError("a checkpoint.pt resumes its own model; start a new layout from a .safetensors")
