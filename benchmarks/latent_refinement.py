@@ -4,8 +4,8 @@ image (the decoder unchanged, so no format change) gain over the trained analysi
     python benchmarks/latent_refinement.py weights/sicc-base.safetensors kodim23 60 0.03 256
 
 Takes the top-left CROP² of a Kodak image, optimises (y, z) with Adam for ITERS steps on the mean over
-layers 2..9 of rate + lambda_k * 255^2 * MSE (straight-through rounding for rates and pixels, the
-plain decoder's mean fill), and prints every layer's estimated bpp / PSNR before and after, with the
+layers 2..9 of rate + lambda_k * 255^2 * MSE (the training relaxation: uniform noise for rates,
+straight-through rounding for pixels; the plain decoder's mean fill), and prints every layer's estimated bpp / PSNR before and after, with the
 BD-rate (PSNR) of after against before. Float path, one image: screening, not a published number.
 """
 
@@ -17,26 +17,20 @@ import torch
 from PIL import Image
 
 from codec.evaluate import bd_rate
-from codec.layers import quantize_ste
-from codec.model import LIKELIHOOD_MIN, level_lambdas
-from codec.train import psnr
-from codec.weights import load_float_model
+from codec.model import bits, level_lambdas
+from codec.train import model_to_train, psnr
 
 
 def layer_points(model, x, y, z):
-    """(bits per pixel, MSE) for layers 2..9, as differentiable tensors."""
-    medians = model.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
-    z_hat = quantize_ste(z - medians) + medians
-    z_lik = model.entropy_bottleneck._likelihood(z_hat.transpose(0, 1).reshape(z.shape[1], 1, -1))[0]
-    total_bits = -torch.log2(z_lik.clamp_min(LIKELIHOOD_MIN)).sum()
+    """(bits per pixel, MSE) for layers 2..9, through the model's own quantisation: the training
+    relaxation (noisy rates, straight-through pixels) in train mode, rounding in eval mode."""
+    z_hat, z_likelihoods = model.entropy_bottleneck(z)
     hyper = model.h_s(z_hat)
-    y_hat, points = [], []
-    for k, y_k in enumerate(y.split(list(model.cfg.slices), dim=1)):
-        mean, scale = model.slice_params(k, hyper, y_hat)
-        symbols = quantize_ste(y_k - mean)
-        total_bits = total_bits - torch.log2(model.gaussian_likelihood(symbols, scale)).sum()
-        y_hat.append(symbols + mean)
-        x_hat = model.g_s(model._fill_missing_slices(hyper, y_hat))
+    y_hat, likelihoods = model._quantized_slices(y, hyper, len(model.cfg.slices))
+    total_bits, points = bits(z_likelihoods), []
+    for level, slice_likelihoods in enumerate(likelihoods, start=1):
+        total_bits = total_bits + bits(slice_likelihoods)
+        x_hat = model.g_s(model._fill_missing_slices(hyper, y_hat[:level]))
         points.append((total_bits / (x.shape[2] * x.shape[3]), ((x_hat - x) ** 2).mean()))
     return points
 
@@ -48,16 +42,19 @@ def as_curve(points):
 def main(path: str, name: str, iters: int, lr: float, crop: int):
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = load_float_model(path).eval().requires_grad_(False)
+    model, _ = model_to_train(path)  # constant buffers (the likelihood floor) from the constructor
+    model.requires_grad_(False)
     x = torch.from_numpy(np.array(Image.open(f"../shared/data/kodak/{name}.png").convert("RGB")))
     x = x.permute(2, 0, 1)[None].float()[:, :, :crop, :crop] / 255
     lambdas = level_lambdas(len(model.cfg.slices))[1:]
+    model.eval()
     with torch.no_grad():
         y = model.g_a(x)
         z = model.h_a(y)
         before = as_curve(layer_points(model, x, y, z))
     y, z = y.requires_grad_(True), z.requires_grad_(True)
     opt = torch.optim.Adam([y, z], lr=lr)
+    model.train()
     start = time.time()
     for _ in range(iters):
         points = layer_points(model, x, y, z)
@@ -65,6 +62,7 @@ def main(path: str, name: str, iters: int, lr: float, crop: int):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    model.eval()
     with torch.no_grad():
         after = as_curve(layer_points(model, x, y, z))
     print(f"{name} top-left {crop}², {iters} iterations at lr {lr}: {time.time() - start:.0f} s")
