@@ -50,14 +50,17 @@ def _check_rate(layers, bpp, nbytes):
 
 
 def encode_image(image, *, weights: Path | None = None, layers: int | None = None, bpp: float | None = None,
-                 nbytes: int | None = None, strip: bool = False) -> bytes:
+                 nbytes: int | None = None, strip: bool = False, refine: int = 0) -> bytes:
     """Encode an image (PIL image, path or encoded bytes) to `.sic` bytes. A rate option keeps only
-    the largest prefix of layers that fits it."""
+    the largest prefix of layers that fits it. `refine` > 0 optimises the latents for this image for
+    that many steps (refine.py): a smaller file at the same quality, for a much slower encode."""
     _check_rate(layers, bpp, nbytes)
+    if refine < 0:
+        raise SiccError("refine must be 0 or more steps")
     src = _source(image)
     codec = load_codec(weights)
     h, w, _ = src.rgb.shape
-    payloads = codec.encode(_padded_tensor(src.rgb))
+    payloads = codec.encode(_padded_tensor(src.rgb), refine)
     extras = {}
     if src.alpha is not None:
         extras[container.TAG_ALPHA] = pack_alpha(src.alpha)

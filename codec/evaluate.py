@@ -145,9 +145,9 @@ def reusable_rows(anchors: Path, images: list[str]) -> list[dict]:
 
 
 def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | None = None,
-             progress: bool = True, limit: int | None = None, anchors: Path | None = None) -> dict:
+             progress: bool = True, limit: int | None = None, anchors: Path | None = None, refine: int = 0) -> dict:
     """`anchors`: an earlier results.json on the same images whose classical-codec rows are reused
-    instead of measured again."""
+    instead of measured again. `refine`: sicc's encoder refinement steps (encode_image)."""
     from rich.progress import Progress
 
     from . import container
@@ -176,7 +176,7 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
             for codec in codecs:
                 if codec == "sicc":
                     t0 = time.perf_counter()
-                    data = encode_image(img, weights=weights)
+                    data = encode_image(img, weights=weights, refine=refine)
                     t_enc = time.perf_counter() - t0
                     for k in range(1, len(container.parse(data).header.layers) + 1):
                         part = truncate(data, layers=k)
@@ -197,7 +197,7 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
     bd = {c: bd_rate([p[:2] for p in curves[c]], [p[:2] for p in curves["sicc"]]) for c in others}
     # bits at equal LPIPS: the same fit on -LPIPS (higher is better, like PSNR)
     bd_lpips = {c: bd_rate([(p[0], -p[3]) for p in curves[c]], [(p[0], -p[3]) for p in curves["sicc"]]) for c in others}
-    result = {"dataset": str(dataset), "images": len(paths), "weights": str(weights or "default"),
+    result = {"dataset": str(dataset), "images": len(paths), "weights": str(weights or "default"), "refine": refine,
               "reused": {"from": str(anchors), "codecs": reused} if reused else None, "skipped": skipped,
               "curves": {c: [dict(zip(CURVE_FIELDS, p)) for p in pts] for c, pts in curves.items()},
               "bd_rate_psnr_vs": bd, "bd_rate_lpips_vs": bd_lpips, "rows": rows}
@@ -223,7 +223,8 @@ def average_curves(rows: list[dict]) -> dict[str, list[tuple]]:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Dataset: `{result['dataset']}` ({result['images']} images), weights: `{result['weights']}`"]
+    lines = [f"Dataset: `{result['dataset']}` ({result['images']} images), weights: `{result['weights']}`"
+             + (f", encoder refinement: {result['refine']} steps" if result.get("refine") else "")]
     if result.get("reused"):
         lines.append(f"Results of {', '.join(result['reused']['codecs'])} reused from `{result['reused']['from']}`.")
     lines.append("")

@@ -78,16 +78,26 @@ class LatentCodec:
     def _z_index(self, shape) -> np.ndarray:
         return np.broadcast_to(np.arange(self.cfg.Z).reshape(1, -1, 1, 1), shape)
 
-    def encode(self, x: torch.Tensor) -> list[bytes]:
-        """x: [1, 3, H, W] in [0, 1], H and W multiples of PAD_MULTIPLE -> one payload per layer."""
-        return self.encode_latent(x)[0]
+    def encode(self, x: torch.Tensor, refine_steps: int = 0) -> list[bytes]:
+        """x: [1, 3, H, W] in [0, 1], H and W multiples of PAD_MULTIPLE -> one payload per layer.
+        `refine_steps` > 0 optimises the latents for this image first (refine.py): slower, smaller."""
+        return self.encode_latent(x, refine_steps)[0]
+
+    def encode_latent(self, x: torch.Tensor, refine_steps: int = 0) -> tuple[list[bytes], torch.Tensor]:
+        """`encode`, also returning the fixed-point latent y_hat that the decoder will rebuild."""
+        x = x.to(self.device)
+        with torch.inference_mode(), one_intra_op_thread():
+            y = apply_tiled(self.model.g_a, x, 1, 16, TILE_PX, ANALYSIS_MARGIN_PX)
+            z = self.model.h_a(y)
+        if refine_steps > 0:
+            from .refine import refine_latents
+
+            with one_intra_op_thread():  # inference tensors take no gradients: refine copies
+                y, z = refine_latents(self.model, x.clone(), y.clone(), z.clone(), refine_steps)
+        return self._code_latents(y, z)
 
     @torch.inference_mode()
-    def encode_latent(self, x: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
-        """`encode`, also returning the fixed-point latent y_hat that the decoder will rebuild."""
-        with one_intra_op_thread():
-            y = apply_tiled(self.model.g_a, x.to(self.device), 1, 16, TILE_PX, ANALYSIS_MARGIN_PX)
-            z = self.model.h_a(y)
+    def _code_latents(self, y: torch.Tensor, z: torch.Tensor) -> tuple[list[bytes], torch.Tensor]:
         medians = self.model.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
         z_sym = torch.round(z - medians).clamp(-VALUE_LIMIT, VALUE_LIMIT).cpu()
         layers = [encode_values(z_sym.numpy(), self._z_index(z_sym.shape), self.z_tables)]

@@ -173,6 +173,18 @@ class ProgressiveCodec(nn.Module):
         return self.entropy_bottleneck.loss()
 
 
+def reset_constant_buffers(model: ProgressiveCodec) -> ProgressiveCodec:
+    """Constant buffers (bounds, pedestals, targets) as the constructor makes them. Weights files hold
+    them in fp16, where the 1e-9 likelihood floor is 0, and a zero likelihood gives infinite rates and
+    non-finite gradients (sessions 4 and 5): anything that takes gradients through a loaded model needs this."""
+    with torch.random.fork_rng(devices=[]):  # building the reference must not move the seeded stream
+        constants = dict(ProgressiveCodec(model.cfg).named_buffers())
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(constants[name])
+    return model
+
+
 def bits(likelihoods: torch.Tensor) -> torch.Tensor:
     return -torch.log2(likelihoods).sum()
 

@@ -20,7 +20,7 @@ import torch
 from .data import CropSampler
 from .device import resolve_device
 from .errors import SiccError
-from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas
+from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas, reset_constant_buffers
 from .regularizer import ConditionalSourceModel
 
 
@@ -215,9 +215,8 @@ def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple
     """The codec to train: new (`cfg`, default ModelConfig()), or resumed from a checkpoint.pt (then also
     its full state) or a weights .safetensors. A `cfg` other than the file's starts that model from the
     file: every tensor whose name and shape match is taken (with a new slice layout: the transforms and
-    the hyperprior), the rest starts fresh. Constant buffers (bounds, pedestals, targets) always
-    come from the constructor: weights files hold them in fp16, where the 1e-9 likelihood floor is 0,
-    and a zero likelihood gave infinite rates and non-finite gradients (sessions 4 and 5)."""
+    the hyperprior), the rest starts fresh. Constant buffers always come from the constructor
+    (`reset_constant_buffers`)."""
     from .weights import load_float_model, without_compressai_buffers
 
     if resume is None:
@@ -235,12 +234,7 @@ def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple
         donor, model = model.state_dict(), ProgressiveCodec(cfg)
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in donor.items() if k in own and own[k].shape == v.shape}, strict=False)
-    with torch.random.fork_rng(devices=[]):  # building the reference must not move the seeded stream
-        constants = dict(ProgressiveCodec(model.cfg).named_buffers())
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            buffer.copy_(constants[name])
-    return model.train(), state
+    return reset_constant_buffers(model).train(), state
 
 
 def train_codec(

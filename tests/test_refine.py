@@ -1,0 +1,72 @@
+"""Encoder-side latent refinement: a smaller rate-distortion cost from the same decoder."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import codec.refine as refine
+from codec.api import decode_image, encode_image, truncate
+from codec.cli import cli
+from codec.errors import SiccError
+from codec.model import level_lambdas
+from codec.weights import default_weights_path, load_codec
+
+from .conftest import kodak_crop, photo
+
+
+def real_cost(data: bytes, img, weights) -> float:
+    """What refinement minimises, measured on real files: the mean over layers 2..L of
+    bits per pixel + lambda_k * 255^2 * MSE of the plain decode of that prefix."""
+    ref = np.asarray(img, dtype=np.float64) / 255
+    pixels = img.width * img.height
+    levels = load_codec(weights).layers_total
+    lambdas = level_lambdas(levels - 1)[1:]
+    costs = []
+    for k, lam in zip(range(2, levels + 1), lambdas):
+        part = truncate(data, layers=k)
+        rec = np.asarray(decode_image(part, weights=weights), dtype=np.float64) / 255
+        costs.append(len(part) * 8 / pixels + lam * 255**2 * np.mean((rec - ref) ** 2))
+    return float(np.mean(costs))
+
+
+def test_refinement_lowers_the_real_cost_and_leaves_model_and_random_stream_alone(tiny_weights):
+    img = photo(128, 64)
+    plain = encode_image(img, weights=tiny_weights)
+    model = load_codec(tiny_weights).model
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    refined = encode_image(img, weights=tiny_weights, refine=15)
+    assert real_cost(refined, img, tiny_weights) < real_cost(plain, img, tiny_weights)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert not model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert encode_image(img, weights=tiny_weights, refine=15) == refined  # seeded: same input, same file
+
+
+def test_refinement_of_the_shipped_weights_gains_on_a_kodak_crop():
+    # Measured: -2.9 % cost after 10 steps on this crop; the whole image gained -23 % BD-rate after 30
+    weights = default_weights_path()
+    img = kodak_crop("kodim23.png", (0, 0, 256, 256))
+    plain = real_cost(encode_image(img, weights=weights), img, weights)
+    assert real_cost(encode_image(img, weights=weights, refine=10), img, weights) < 0.985 * plain
+
+
+def test_refinement_in_tiles_on_an_image_larger_than_a_tile(monkeypatch, tiny_weights):
+    monkeypatch.setattr(refine, "REFINE_TILE", 8)  # 128 px tiles: a 300x200 image (20x16 latents) takes 6
+    img = photo(300, 200)
+    plain = encode_image(img, weights=tiny_weights)
+    refined = encode_image(img, weights=tiny_weights, refine=10)
+    assert decode_image(refined, weights=tiny_weights).size == (300, 200)
+    assert real_cost(refined, img, tiny_weights) < real_cost(plain, img, tiny_weights)
+
+
+def test_refine_option_on_the_command_line(tmp_path, tiny_weights):
+    src = tmp_path / "a.png"
+    photo(64, 64).save(src)
+    out = CliRunner().invoke(cli, ["encode", str(src), "--refine", "3", "--weights", str(tiny_weights), "-q"])
+    assert out.exit_code == 0, out.output
+    assert decode_image((tmp_path / "a.sic").read_bytes(), weights=tiny_weights).size == (64, 64)
+    bad = CliRunner().invoke(cli, ["encode", str(src), "--refine", "-1", "-f", "--weights", str(tiny_weights)])
+    assert bad.exit_code == 2
+    with pytest.raises(SiccError):
+        encode_image(photo(64, 64), weights=tiny_weights, refine=-1)
