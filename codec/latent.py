@@ -53,7 +53,7 @@ def one_intra_op_thread():
 
 class LatentCodec:
     def __init__(self, model: ProgressiveCodec, gaussian: SymbolTables, scale_bounds: torch.Tensor,
-                 z_tables: SymbolTables, weights_id: bytes):
+                 z_tables: SymbolTables, weights_id: bytes, lpips_weight: float = 0.0):
         self.model = model.eval()
         self.cfg = model.cfg
         self.exact = ExactEntropyModel(model)
@@ -61,6 +61,7 @@ class LatentCodec:
         self.scale_bounds = scale_bounds.to(torch.float64).contiguous()
         self.z_tables = z_tables
         self.weights_id = weights_id
+        self.lpips_weight = lpips_weight  # the training objective's, which encoder refinement follows
         self.device = torch.device("cpu")
 
     @property
@@ -93,7 +94,8 @@ class LatentCodec:
             from .refine import refine_latents
 
             with one_intra_op_thread():  # inference tensors take no gradients: refine copies
-                y, z = refine_latents(self.model, x.clone(), y.clone(), z.clone(), refine_steps)
+                y, z = refine_latents(self.model, x.clone(), y.clone(), z.clone(), refine_steps,
+                                      lpips_weight=self.lpips_weight)
         return self._code_latents(y, z)
 
     @torch.inference_mode()

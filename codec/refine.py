@@ -14,7 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from .model import PAD_MULTIPLE, ProgressiveCodec, bits, level_lambdas, reset_constant_buffers
+from .model import PAD_MULTIPLE, ProgressiveCodec, bits, level_gammas, level_lambdas, reset_constant_buffers
 from .tiling import apply_tiled
 
 # Measured on Kodak crops with sicc-base (docs/training.md, session 7): 30 steps at 0.06 gained about as
@@ -27,8 +27,8 @@ Y_PER_PX = PAD_MULTIPLE // 4  # y is at 1/16 of the image resolution
 
 
 def layer_points(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor):
-    """(bits per pixel, MSE) of layers 2..L (slices 1..S transmitted, the rest mean-filled), through
-    the model's own quantisation: the training relaxation in train mode, rounding in eval mode."""
+    """(bits per pixel, reconstruction) of layers 2..L (slices 1..S transmitted, the rest mean-filled),
+    through the model's own quantisation: the training relaxation in train mode, rounding in eval mode."""
     z_hat, z_likelihoods = model.entropy_bottleneck(z)
     hyper = model.h_s(z_hat)
     y_hat, likelihoods = model._quantized_slices(y, hyper, len(model.cfg.slices))
@@ -36,18 +36,24 @@ def layer_points(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: t
     for level, slice_likelihoods in enumerate(likelihoods, start=1):
         total_bits = total_bits + bits(slice_likelihoods)
         x_hat = model._transform(model.g_s, model._fill_missing_slices(hyper, y_hat[:level]))
-        points.append((total_bits / (x.shape[2] * x.shape[3]), ((x_hat - x) ** 2).mean()))
+        points.append((total_bits / (x.shape[2] * x.shape[3]), x_hat))
     return points
 
 
-def refinement_loss(model: ProgressiveCodec, x, y, z) -> torch.Tensor:
-    """Mean over layers 2..L of bpp + lambda_k * 255^2 * MSE (the training objective's weights)."""
-    lambdas = level_lambdas(len(model.cfg.slices))[1:]
-    points = layer_points(model, x, y, z)
-    return sum(b + lam * 255**2 * d for lam, (b, d) in zip(lambdas, points)) / len(points)
+def refinement_loss(model: ProgressiveCodec, x, y, z, lpips=None, lpips_weight: float = 0.0) -> torch.Tensor:
+    """Mean over layers 2..L of the training objective's terms: bpp + lambda_k * 255^2 * MSE, plus
+    gamma_k * LPIPS (of the clamped image, as in training) with `lpips`."""
+    slices = len(model.cfg.slices)
+    lambdas, gammas = level_lambdas(slices), level_gammas(slices, lpips_weight)
+    loss = 0.0
+    for level, (bpp, x_hat) in enumerate(layer_points(model, x, y, z), start=1):
+        loss = loss + bpp + lambdas[level] * 255**2 * torch.mean((x_hat - x) ** 2)
+        if lpips is not None:
+            loss = loss + gammas[level] * lpips(x, x_hat.clamp(0, 1)).mean()
+    return loss / slices
 
 
-def _refine_tile(model: ProgressiveCodec, packed: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+def _refine_tile(model: ProgressiveCodec, packed: torch.Tensor, steps: int, lr: float, lpips, lpips_weight: float):
     M, Z = model.cfg.M, model.cfg.Z
     y, z_up, x_folded = packed.split([M, Z, packed.shape[1] - M - Z], dim=1)
     x = F.pixel_shuffle(x_folded, Y_PER_PX)
@@ -55,7 +61,7 @@ def _refine_tile(model: ProgressiveCodec, packed: torch.Tensor, steps: int, lr: 
     z = z_up[:, :, ::4, ::4].clone().requires_grad_(True)
     opt = torch.optim.Adam([y, z], lr=lr)
     for _ in range(steps):
-        loss = refinement_loss(model, x, y, z)
+        loss = refinement_loss(model, x, y, z, lpips, lpips_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -67,10 +73,16 @@ def _upsample4(z: torch.Tensor) -> torch.Tensor:
 
 
 def refine_latents(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, steps: int,
-                   lr: float = REFINE_LR) -> tuple[torch.Tensor, torch.Tensor]:
+                   lr: float = REFINE_LR, lpips_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """y [1, M, H/16, W/16] and z [1, Z, H/64, W/64] from the analysis of x (padded, in [0, 1]),
-    optimised for `steps` Adam steps. Seeded (the same input gives the same result on a machine);
-    neither `model` nor the global random stream is touched."""
+    optimised for `steps` Adam steps; `lpips_weight` > 0 adds LPIPS as `sicc train --lpips-weight`
+    does. Seeded (the same input gives the same result on a machine); neither `model` nor the
+    global random stream is touched."""
+    lpips = None
+    if lpips_weight > 0:
+        from .lpips import load_lpips
+
+        lpips = copy.deepcopy(load_lpips()).requires_grad_(False).to(x.device)  # the cached one stays put
     work = reset_constant_buffers(copy.deepcopy(model)).requires_grad_(False).train()
     # The synthesis passes dominate; under bf16 autocast they ran 1.7x faster here (a CPU with AMX)
     # for the same gain. Rates and the entropy model stay fp32.
@@ -80,6 +92,7 @@ def refine_latents(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z:
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
         torch.manual_seed(0)
-        refined = apply_tiled(lambda t: _refine_tile(work, t, steps, lr), packed, 1, 1, REFINE_TILE, REFINE_MARGIN)
+        refined = apply_tiled(lambda t: _refine_tile(work, t, steps, lr, lpips, lpips_weight), packed, 1, 1,
+                              REFINE_TILE, REFINE_MARGIN)
     y_new, z_up = refined.split([model.cfg.M, model.cfg.Z], dim=1)
     return y_new, z_up[:, :, ::4, ::4]

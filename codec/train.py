@@ -322,7 +322,7 @@ def train_codec(
         if source_model is not None:
             state.update(source_model=source_model.state_dict(), source_opt=source_opt.state_dict())
         _atomic_torch_save(state, out_dir / "checkpoint.pt")
-        export_weights(model, out_dir / "weights.safetensors")
+        export_weights(model, out_dir / "weights.safetensors", lpips_weight)
 
     _run_loop(out_dir, steps, step, train_step, checkpoint, opt, lr, progress, max_minutes, checkpoint_minutes,
               log_every, dist)

@@ -123,8 +123,9 @@ def z_tables(model: ProgressiveCodec, tail: float = 1e-6) -> SymbolTables:
     return SymbolTables.from_pmfs(pmfs, offsets)
 
 
-def export_weights(model: ProgressiveCodec, path: Path) -> bytes:
-    """Write fp16 weights plus the integer tables computed from exactly those fp16 values. Returns the id."""
+def export_weights(model: ProgressiveCodec, path: Path, lpips_weight: float = 0.0) -> bytes:
+    """Write fp16 weights plus the integer tables computed from exactly those fp16 values. Returns the id.
+    `lpips_weight`: the LPIPS weight of the objective they were trained on (encoder refinement uses it)."""
     model = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -137,7 +138,8 @@ def export_weights(model: ProgressiveCodec, path: Path) -> bytes:
         tensors[f"tables.{name}.lengths"] = torch.from_numpy(tab.lengths.astype(np.int32))
         tensors[f"tables.{name}.offsets"] = torch.from_numpy(tab.offsets.astype(np.int32))
     tensors["tables.gaussian.scale_bounds"] = torch.from_numpy(bounds.astype(np.int64))
-    return write_weights_file(tensors, {"format": WEIGHTS_FORMAT, "config": model.cfg.to_json()}, path)
+    meta = {"format": WEIGHTS_FORMAT, "config": model.cfg.to_json(), "lpips_weight": repr(float(lpips_weight))}
+    return write_weights_file(tensors, meta, path)
 
 
 def write_weights_file(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> bytes:
@@ -167,17 +169,21 @@ def read_weights_file(path: Path, fmt: str) -> tuple[dict[str, np.ndarray], dict
     return arrays, meta, hashlib.sha256(blob).digest()[:16]
 
 
-def _read(path: Path) -> tuple[dict[str, np.ndarray], ModelConfig, bytes]:
+def _read(path: Path) -> tuple[dict[str, np.ndarray], ModelConfig, float, bytes]:
+    """Arrays, configuration, the objective's LPIPS weight (absent in files before session 7: 0) and id."""
     arrays, meta, wid = read_weights_file(path, WEIGHTS_FORMAT)
     try:
         cfg = ModelConfig.from_json(meta["config"])
+        lpips_weight = float(meta.get("lpips_weight", "0"))
     except (KeyError, TypeError, ValueError, json.JSONDecodeError):
         raise SiccError(f"{path}: weights file has a malformed configuration") from None
-    return arrays, cfg, wid
+    if not math.isfinite(lpips_weight) or lpips_weight < 0:
+        raise SiccError(f"{path}: weights file has a malformed configuration")
+    return arrays, cfg, lpips_weight, wid
 
 
 def load_float_model(path: Path) -> ProgressiveCodec:
-    arrays, cfg, _ = _read(path)
+    arrays, cfg, _, _ = _read(path)
     return _float_model(arrays, cfg, path)
 
 
@@ -207,14 +213,14 @@ def _tables(arrays, name) -> SymbolTables:
 def _load_cached(path: str, mtime_ns: int, size: int, device: str):
     from .latent import LatentCodec
 
-    arrays, cfg, wid = _read(Path(path))
+    arrays, cfg, lpips_weight, wid = _read(Path(path))
     model = _float_model(arrays, cfg, Path(path))
     gauss = _tables(arrays, "gaussian")
     ztab = _tables(arrays, "z")
     if len(ztab.lengths) != cfg.Z or len(gauss.lengths) != SCALE_LEVELS:
         raise SiccError(f"{path}: probability tables do not fit the model")
     bounds = torch.from_numpy(arrays["tables.gaussian.scale_bounds"].astype(np.float64))
-    return LatentCodec(model, gauss, bounds, ztab, wid).to(device)
+    return LatentCodec(model, gauss, bounds, ztab, wid, lpips_weight).to(device)
 
 
 def load_codec(path: Path | None = None, device: str | torch.device = "cpu"):

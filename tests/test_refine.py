@@ -6,13 +6,14 @@ import torch
 from click.testing import CliRunner
 
 import codec.refine as refine
+from codec import container
 from codec.api import decode_image, encode_image, truncate
 from codec.cli import cli
 from codec.errors import SiccError
 from codec.model import level_lambdas
-from codec.weights import default_weights_path, load_codec
+from codec.weights import WEIGHTS_FORMAT, default_weights_path, export_weights, load_codec, read_weights_file, write_weights_file
 
-from .conftest import kodak_crop, photo
+from .conftest import kodak_crop, make_tiny_model, photo
 
 
 def real_cost(data: bytes, img, weights) -> float:
@@ -70,3 +71,26 @@ def test_refine_option_on_the_command_line(tmp_path, tiny_weights):
     assert bad.exit_code == 2
     with pytest.raises(SiccError):
         encode_image(photo(64, 64), weights=tiny_weights, refine=-1)
+
+
+def test_weights_record_their_lpips_weight_and_refinement_follows_it(tmp_path):
+    model = make_tiny_model()
+    mse, perceptual = tmp_path / "mse.safetensors", tmp_path / "lpips.safetensors"
+    export_weights(model, mse)
+    export_weights(model, perceptual, lpips_weight=2.0)
+    assert load_codec(mse).lpips_weight == 0.0 and load_codec(perceptual).lpips_weight == 2.0
+    img = photo(64, 64)
+    # the same network codes the same bytes; refined, the LPIPS term moves the latents elsewhere
+    def layers(weights, steps):
+        return container.parse(encode_image(img, weights=weights, refine=steps)).payloads
+
+    assert layers(mse, 0) == layers(perceptual, 0)
+    assert layers(mse, 3) != layers(perceptual, 3)
+
+
+def test_a_malformed_lpips_weight_is_refused(tmp_path):
+    arrays, meta, _ = read_weights_file(default_weights_path(), WEIGHTS_FORMAT)
+    bad = tmp_path / "bad.safetensors"
+    write_weights_file({k: torch.from_numpy(v) for k, v in arrays.items()}, {**meta, "lpips_weight": "-1"}, bad)
+    with pytest.raises(SiccError, match="malformed"):
+        load_codec(bad)
