@@ -426,6 +426,12 @@ def _training_options(batch_size: int, patch_size: int, lr: float, model_name: s
 
 def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
     try:
+        if kwargs["precision"] == "bf16":
+            from .device import has_fast_bf16, resolve_device
+
+            if not has_fast_bf16(resolve_device(kwargs.get("device", "auto"))):
+                click.echo("sicc: warning: no native bf16 here (CPU without AVX512-BF16/AMX): --precision bf16 "
+                           "is emulated and far slower than fp32", err=True)
         return trainer(data_dir, progress=not quiet and sys.stderr.isatty(), **kwargs)
     except SiccError as e:
         _fail(str(data_dir), str(e))

@@ -14,6 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from .device import has_fast_bf16
 from .model import PAD_MULTIPLE, ProgressiveCodec, bits, level_gammas, level_lambdas, reset_constant_buffers
 from .tiling import apply_tiled
 
@@ -84,9 +85,9 @@ def refine_latents(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z:
 
         lpips = copy.deepcopy(load_lpips()).requires_grad_(False).to(x.device)  # the cached one stays put
     work = reset_constant_buffers(copy.deepcopy(model)).requires_grad_(False).train()
-    # The synthesis passes dominate; under bf16 autocast they ran 1.7x faster here (a CPU with AMX)
-    # for the same gain. Rates and the entropy model stay fp32.
-    work.transform_dtype = torch.bfloat16
+    # The synthesis passes dominate; under bf16 autocast they ran 1.7x faster on a CPU with AMX for the
+    # same gain, but emulated bf16 (AVX2-only CPUs) is slower than fp32. Rates always stay fp32.
+    work.transform_dtype = torch.bfloat16 if has_fast_bf16(x.device) else None
     # Tiles see x, y and z at y's resolution: x folded into channels, z repeated 4x4.
     packed = torch.cat([y, _upsample4(z), F.pixel_unshuffle(x, Y_PER_PX)], dim=1)
     devices = [x.device.index or 0] if x.device.type == "cuda" else []

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from codec.cli import cli
+from codec.device import has_fast_bf16
 
 from .conftest import photo, photo_dir
 
@@ -182,6 +183,8 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
             "--resume", out / "checkpoint.pt", "-q", "--reg-alpha", 0.1, "--lr", 5e-5, "--precision", "bf16",
             "--lpips-weight", 1, "--full-weight", 0.25)
     assert r.exit_code == 0, r.stderr
+    # emulated bf16 (CPUs without AVX512-BF16/AMX) is far slower than fp32: the user is told so
+    assert ("no native bf16" in r.stderr) == (not has_fast_bf16(torch.device("cpu")))
     last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 8 and np.isfinite(last["loss"]) and 0 < last["lpips_full"] < 1
     state = torch.load(out / "checkpoint.pt", weights_only=False)
