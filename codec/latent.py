@@ -70,8 +70,12 @@ class LatentCodec:
 
     def to(self, device) -> "LatentCodec":
         self.device = torch.device(device)
-        self.model.to(self.device)
+        # channels_last: oneDNN's fast convolutions (CPU synthesis 25 % faster, session 8)
+        self.model.to(self.device, memory_format=torch.channels_last)
         return self
+
+    def _float_input(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device).contiguous(memory_format=torch.channels_last)
 
     def _scale_index(self, scale_fixed: torch.Tensor) -> np.ndarray:
         return torch.searchsorted(self.scale_bounds, scale_fixed.contiguous()).numpy()
@@ -86,7 +90,7 @@ class LatentCodec:
 
     def encode_latent(self, x: torch.Tensor, refine_steps: int = 0) -> tuple[list[bytes], torch.Tensor]:
         """`encode`, also returning the fixed-point latent y_hat that the decoder will rebuild."""
-        x = x.to(self.device)
+        x = self._float_input(x)
         with torch.inference_mode(), one_intra_op_thread():
             y = apply_tiled(self.model.g_a, x, 1, 16, TILE_PX, ANALYSIS_MARGIN_PX)
             z = self.model.h_a(y)
@@ -116,7 +120,7 @@ class LatentCodec:
     def decode(self, payloads: list[bytes], height: int, width: int, fill: str = "mean",
                seed: int | None = None) -> torch.Tensor:
         """Payloads of layers 1..K (K >= 1) -> [1, 3, height, width] in [0, 1] on the codec's device."""
-        y_hat = from_fixed(self.decode_latent(payloads, height, width, fill, seed)).to(self.device)
+        y_hat = self._float_input(from_fixed(self.decode_latent(payloads, height, width, fill, seed)))
         with one_intra_op_thread():
             return apply_tiled(self.model.g_s, y_hat, 16, 1, TILE_PX // 16, SYNTHESIS_MARGIN).clamp_(0.0, 1.0)
 
