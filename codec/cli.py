@@ -207,23 +207,31 @@ def cli():
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @click.option("--strip", is_flag=True, help="Drop ICC profile and EXIF.")
 @_refine_option
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where the analysis transform and --refine run (auto: CUDA when there is one).")
 @_debug_option
-def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, strip, refine, debug):
+def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, strip, refine, device, debug):
     """Encode images to .sic files."""
     _one_rate(layers, bpp, nbytes)
     from .api import encode_image
+    from .device import resolve_device
     from .weights import load_codec
 
     plan = plan_jobs(inputs, output, ".sic")
     try:
-        load_codec(weights)  # a bad weights file fails once, before any input
+        device = resolve_device(device)
+    except SiccError as e:
+        _fail("encode", str(e))
+        sys.exit(1)
+    try:
+        load_codec(weights, device)  # a bad weights file fails once, before any input
     except SiccError as e:
         _fail(str(weights or "default weights"), str(e))
         sys.exit(1)
 
     def work(job: Job):
         data = encode_image(read_input(job.source), weights=weights, layers=layers, bpp=bpp, nbytes=nbytes, strip=strip,
-                            refine=refine)
+                            refine=refine, device=device)
         write_atomic(job.target, data, force)
 
     sys.exit(run_jobs(plan, work, jobs, quiet, debug, "encoding"))

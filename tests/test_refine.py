@@ -71,6 +71,15 @@ def test_refine_option_on_the_command_line(tmp_path, tiny_weights):
     assert bad.exit_code == 2
     with pytest.raises(SiccError):
         encode_image(photo(64, 64), weights=tiny_weights, refine=-1)
+    # --device picks where the analysis and the refinement run; the file stays a plain .sic
+    on_cpu = CliRunner().invoke(cli, ["encode", str(src), "-o", str(tmp_path / "cpu.sic"), "--refine", "3",
+                                      "--device", "cpu", "--weights", str(tiny_weights), "-q"])
+    assert on_cpu.exit_code == 0, on_cpu.output
+    assert (tmp_path / "cpu.sic").read_bytes() == (tmp_path / "a.sic").read_bytes() or torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        no_gpu = CliRunner().invoke(cli, ["encode", str(src), "-o", str(tmp_path / "gpu.sic"), "--device", "cuda",
+                                          "--weights", str(tiny_weights), "-q"])
+        assert no_gpu.exit_code == 1 and "no CUDA device" in no_gpu.output and not (tmp_path / "gpu.sic").exists()
 
 
 def test_weights_record_their_lpips_weight_and_refinement_follows_it(tmp_path):
