@@ -50,12 +50,12 @@ def _check_rate(layers, bpp, nbytes):
 
 
 def encode_image(image, *, weights: Path | None = None, layers: int | None = None, bpp: float | None = None,
-                 nbytes: int | None = None, strip: bool = False, refine: int = 0, device: str = "cpu") -> bytes:
+                 nbytes: int | None = None, strip: bool = False, refine: int = 0, device: str = "auto") -> bytes:
     """Encode an image (PIL image, path or encoded bytes) to `.sic` bytes. A rate option keeps only
     the largest prefix of layers that fits it. `refine` > 0 optimises the latents for this image for
     that many steps (refine.py): a smaller file at the same quality, for a much slower encode.
-    `device` ("cpu", "cuda", "auto") runs the analysis transform and the refinement; the entropy
-    parameters are exact integer work on the CPU either way, so any decoder reads the file."""
+    `device` ("auto": CUDA when there is one, "cpu", "cuda") runs the analysis transform and the
+    refinement; the entropy parameters are exact integer work on the CPU either way."""
     _check_rate(layers, bpp, nbytes)
     if refine < 0:
         raise SiccError("refine must be 0 or more steps")
