@@ -11,7 +11,7 @@ import pytest
 
 from codec import container
 from codec.api import decode_image, encode_image, truncate
-from codec.weights import DEFAULT_WEIGHTS, default_weights_path, weights_path
+from codec.weights import DEFAULT_WEIGHTS, default_weights_path, load_codec, weights_path
 
 from .conftest import ROOT, kodak_crop, psnr
 
@@ -88,3 +88,5 @@ def test_perceptual_weights_are_chosen_by_name_and_found_again_by_the_file():
     # Decoded without --weights: the file's weights id names the shipped perceptual file.
     scores = [lpips(ref, np.asarray(decode_image(truncate(data, layers=k)))) for k in (2, 5, 9)]
     assert scores[0] > scores[1] > scores[2], scores
+    # --refine follows each file's training objective: LPIPS for the perceptual file, MSE for the default
+    assert load_codec(weights_path(LPIPS_WEIGHTS)).lpips_weight > 0 and load_codec().lpips_weight == 0
