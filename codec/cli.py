@@ -186,6 +186,11 @@ _weights_option = click.option("--weights", type=click.Path(dir_okay=False, path
                                help="Weights file, or the name of a shipped one (sicc-base, sicc-base-lpips). "
                                     "Default: encode with sicc-base; decode with the shipped weights the file records.")
 
+def _device_option(help: str):
+    return click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+                        help=help)
+
+
 _refine_option = click.option("--refine", default=0, show_default=True, type=click.IntRange(min=0), metavar="STEPS",
                               help="Optimise the latents for this image for STEPS steps before coding: smaller files "
                                    "at the same quality, much slower encodes (30 is a good choice); decoders are unchanged.")
@@ -207,8 +212,7 @@ def cli():
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @click.option("--strip", is_flag=True, help="Drop ICC profile and EXIF.")
 @_refine_option
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-              help="Where the analysis transform and --refine run (auto: CUDA when there is one).")
+@_device_option("Where the analysis transform and --refine run (auto: CUDA when there is one).")
 @_debug_option
 def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, strip, refine, device, debug):
     """Encode images to .sic files."""
@@ -249,8 +253,7 @@ def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, str
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(min=1), help="With --perceptual: sampler steps.")
 @click.option("--guidance", default="project", show_default=True, type=click.Choice(["project", "dps"]),
               help="With --perceptual: hold samples to the layers by back-projection (fast) or DPS gradients.")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-              help="With --perceptual: where to run (auto: CUDA when present).")
+@_device_option("With --perceptual: where to run (auto: CUDA when present).")
 @click.option("--prior-weights", type=click.Path(dir_okay=False, path_type=Path), help="Diffusion prior weights.")
 @_weights_option
 @click.option("--allow-partial", is_flag=True, help="Decode the intact layers of a cut or damaged file.")
@@ -459,8 +462,7 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--slices", help="Latent channels per slice (one layer each), e.g. 24,24,24,24,24,24,24,24; "
                                 "with --resume FILE.safetensors the transforms come from the file and the slice "
                                 "networks start fresh.  [default: the shipped layout]")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
-              help="auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
+@_device_option("auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
 def train_codec_cmd(data_dir, small, quiet, slices, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""
     import dataclasses
