@@ -200,6 +200,9 @@ _refine_option = click.option("--refine", default=0, show_default=True, type=cli
 @click.version_option(package_name="sicc")
 def cli():
     """sicc: a learned progressive image codec. Encode once, serve every rate."""
+    from .memory import reuse_freed_memory
+
+    reuse_freed_memory()
 
 
 @cli.command()
