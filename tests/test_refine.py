@@ -17,14 +17,14 @@ from .conftest import kodak_crop, make_tiny_model, photo
 
 
 def real_cost(data: bytes, img, weights) -> float:
-    """What refinement minimises, measured on real files: the mean over layers 2..L of
+    """What refinement minimises, measured on real files: the mean over layers 1..L of
     bits per pixel + lambda_k * 255^2 * MSE of the plain decode of that prefix."""
     ref = np.asarray(img, dtype=np.float64) / 255
     pixels = img.width * img.height
     levels = load_codec(weights).layers_total
-    lambdas = level_lambdas(levels - 1)[1:]
+    lambdas = level_lambdas(levels - 1)
     costs = []
-    for k, lam in zip(range(2, levels + 1), lambdas):
+    for k, lam in zip(range(1, levels + 1), lambdas):
         part = truncate(data, layers=k)
         rec = np.asarray(decode_image(part, weights=weights), dtype=np.float64) / 255
         costs.append(len(part) * 8 / pixels + lam * 255**2 * np.mean((rec - ref) ** 2))
