@@ -45,11 +45,12 @@ def test_refinement_lowers_the_real_cost_and_leaves_model_and_random_stream_alon
 
 
 def test_refinement_of_the_shipped_weights_gains_on_a_kodak_crop():
-    # Measured: -2.9 % cost after 10 steps on this crop; the whole image gained -23 % BD-rate after 30
+    # Measured: -6.3 % cost (layers 1..L; -2.9 % over layers 2..L before session 9) after 10 steps on this crop;
+    # the whole image gained -23 % BD-rate after 30
     weights = default_weights_path()
     img = kodak_crop("kodim23.png", (0, 0, 256, 256))
     plain = real_cost(encode_image(img, weights=weights), img, weights)
-    assert real_cost(encode_image(img, weights=weights, refine=10), img, weights) < 0.985 * plain
+    assert real_cost(encode_image(img, weights=weights, refine=10), img, weights) < 0.97 * plain
 
 
 def test_refinement_in_tiles_on_an_image_larger_than_a_tile(monkeypatch, tiny_weights):
