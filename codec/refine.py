@@ -10,6 +10,7 @@ decodes identically everywhere.
 from __future__ import annotations
 
 import copy
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -27,19 +28,17 @@ REFINE_TILE, REFINE_MARGIN = 48, 4
 Y_PER_PX = PAD_MULTIPLE // 4  # y is at 1/16 of the image resolution
 
 
-def layer_points(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor):
-    """(bits per pixel, reconstruction) of layers 1..L (slices 0..S transmitted, the rest mean-filled),
-    through the model's own quantisation: the training relaxation in train mode, rounding in eval mode."""
+def layer_points(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, first: int = 1):
+    """(bits per pixel, reconstruction) of layers first..L (layer k: slices 1..k-1 transmitted, the rest
+    mean-filled), through the model's own quantisation: the training relaxation in train mode, rounding
+    in eval mode."""
     z_hat, z_likelihoods = model.entropy_bottleneck(z)
     hyper = model.h_s(z_hat)
     y_hat, likelihoods = model._quantized_slices(y, hyper, len(model.cfg.slices))
-    total_bits, points = bits(z_likelihoods), []
-    for level in range(len(likelihoods) + 1):
-        if level > 0:
-            total_bits = total_bits + bits(likelihoods[level - 1])
-        x_hat = model._transform(model.g_s, model._fill_missing_slices(hyper, y_hat[:level]))
-        points.append((total_bits / (x.shape[2] * x.shape[3]), x_hat))
-    return points
+    rates = accumulate([bits(z_likelihoods), *map(bits, likelihoods)])
+    pixels = x.shape[2] * x.shape[3]
+    return [(total_bits / pixels, model._transform(model.g_s, model._fill_missing_slices(hyper, y_hat[:level])))
+            for level, total_bits in enumerate(rates) if level + 1 >= first]
 
 
 def refinement_loss(model: ProgressiveCodec, x, y, z, lpips=None, lpips_weight: float = 0.0) -> torch.Tensor:
@@ -53,15 +52,14 @@ def refinement_loss(model: ProgressiveCodec, x, y, z, lpips=None, lpips_weight: 
     plain encodes at equal PSNR, without it -14.8 %)."""
     slices = len(model.cfg.slices)
     lambdas, gammas = level_lambdas(slices), level_gammas(slices, lpips_weight)
-    first = 0 if lpips is not None else 1
+    first = 1 if lpips is not None else 2
+    points = layer_points(model, x, y, z, first)
     loss = 0.0
-    for level, (bpp, x_hat) in enumerate(layer_points(model, x, y, z)):
-        if level < first:
-            continue
+    for level, (bpp, x_hat) in enumerate(points, start=first - 1):
         loss = loss + bpp + lambdas[level] * 255**2 * torch.mean((x_hat - x) ** 2)
         if lpips is not None:
             loss = loss + gammas[level] * lpips(x, x_hat.clamp(0, 1)).mean()
-    return loss / (slices + 1 - first)
+    return loss / len(points)
 
 
 def _refine_tile(model: ProgressiveCodec, packed: torch.Tensor, steps: int, lr: float, lpips, lpips_weight: float):

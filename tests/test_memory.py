@@ -1,8 +1,9 @@
-import platform
 import subprocess
 import sys
 
 import pytest
+
+from codec.memory import is_glibc
 
 # Allocate, touch and free a 64 MiB tensor many times (the heap takes up to ~10 rounds to settle: torch's aligned
 # allocations do not fit a freed block of their own size until neighbours coalesce); print
@@ -25,7 +26,7 @@ def _last_round_faults() -> tuple[str, int]:
     return applied, int(faults)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(not is_glibc(), reason="glibc only")
 def test_freed_blocks_are_reused_without_page_faults():
     # Without it glibc unmaps the block on free and every 4 KiB page faults in again (16 385 faults here).
     applied, faults = _last_round_faults()
