@@ -1,8 +1,8 @@
 """Encoder-side latent refinement: spend encode time for a smaller file at the same quality.
 
 The analysis transform is one amortised guess for every image. Here y and z are optimised for this
-image (Adam on the training objective, averaged over the layers, so every prefix of the file gains),
-and the result is coded by the usual exact path: the decoder and the format do not change. This is
+image (Adam on the training objective, averaged over the layers, so every prefix of the file gains;
+z only for MSE weights), and the result is coded by the usual exact path: the decoder and the format do not change. This is
 float work on the encoder only; a refined file may differ between machines, and like every file it
 decodes identically everywhere.
 """
@@ -42,20 +42,17 @@ def layer_points(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: t
 
 
 def refinement_loss(model: ProgressiveCodec, x, y, z, lpips=None, lpips_weight: float = 0.0) -> torch.Tensor:
-    """Mean over the layers of the training objective's terms: bpp + lambda_k * 255^2 * MSE, plus
+    """Mean over layers 2..L of the training objective's terms: bpp + lambda_k * 255^2 * MSE, plus
     gamma_k * LPIPS (of the clamped image, as in training) with `lpips`.
 
-    Layer 1 (z alone) is in the mean only with LPIPS, as measured on real files (session 9, docs/results.md):
-    perceptual weights left without it spent z bits freely (layer 1: 0.019 -> 0.039 bpp for worse LPIPS;
-    Kodak BD-rate (LPIPS) vs AVIF -22.8 %, with it -26.3 %), while MSE weights with it bought layer 1's
-    PSNR with three times the z bits and lost the gain on every other layer (six images: +3.7 % against
-    plain encodes at equal PSNR, without it -14.8 %)."""
+    Layer 1 (z alone) is left out: with it in the mean, one image's z bought layer 1's quality with
+    z bits that every layer then pays (MSE weights, six Kodak images: +3.7 % against plain encodes at
+    equal PSNR, without it -14.8 %; docs/results.md). Where z is held (LPIPS weights) it is a constant."""
     slices = len(model.cfg.slices)
     lambdas, gammas = level_lambdas(slices), level_gammas(slices, lpips_weight)
-    first = 1 if lpips is not None else 2
-    points = layer_points(model, x, y, z, first)
+    points = layer_points(model, x, y, z, first=2)
     loss = 0.0
-    for level, (bpp, x_hat) in enumerate(points, start=first - 1):
+    for level, (bpp, x_hat) in enumerate(points, start=1):
         loss = loss + bpp + lambdas[level] * 255**2 * torch.mean((x_hat - x) ** 2)
         if lpips is not None:
             loss = loss + gammas[level] * lpips(x, x_hat.clamp(0, 1)).mean()
@@ -67,8 +64,11 @@ def _refine_tile(model: ProgressiveCodec, packed: torch.Tensor, steps: int, lr: 
     y, z_up, x_folded = packed.split([M, Z, packed.shape[1] - M - Z], dim=1)
     x = F.pixel_shuffle(x_folded, Y_PER_PX)
     y = y.clone().requires_grad_(True)
-    z = z_up[:, :, ::4, ::4].clone().requires_grad_(True)
-    opt = torch.optim.Adam([y, z], lr=lr)
+    # z is refined for MSE weights only. There it bought layer 1 (z alone) 3.2 dB for fewer bits; with
+    # LPIPS weights it spent twice the bits on layer 1 for no gain on layers 2..L, and holding it at the
+    # analysis value measured better on Kodak (docs/results.md, session 10).
+    z = z_up[:, :, ::4, ::4].clone().requires_grad_(lpips is None)
+    opt = torch.optim.Adam([y, z] if lpips is None else [y], lr=lr)
     for _ in range(steps):
         loss = refinement_loss(model, x, y, z, lpips, lpips_weight)
         opt.zero_grad(set_to_none=True)
@@ -85,7 +85,7 @@ def refine_latents(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z:
                    lr: float = REFINE_LR, lpips_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """y [1, M, H/16, W/16] and z [1, Z, H/64, W/64] from the analysis of x (padded, in [0, 1]),
     optimised for `steps` Adam steps; `lpips_weight` > 0 adds LPIPS as `sicc train --lpips-weight`
-    does. Seeded (the same input gives the same result on a machine); neither `model` nor the
+    does, and holds z. Seeded (the same input gives the same result on a machine); neither `model` nor the
     global random stream is touched."""
     lpips = None
     if lpips_weight > 0:

@@ -105,7 +105,7 @@ def test_a_malformed_lpips_weight_is_refused(tmp_path):
         load_codec(bad)
 
 
-def test_layer_one_is_in_the_perceptual_objective_only():
+def test_the_objective_averages_layers_two_on_and_lpips_weights_hold_z():
     model = make_tiny_model().eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -117,4 +117,9 @@ def test_layer_one_is_in_the_perceptual_objective_only():
         assert len(points) == len(model.cfg.slices) + 1
         assert torch.allclose(refine.refinement_loss(model, x, y, z), torch.stack(terms[1:]).mean())
         zero_lpips = lambda a, b: torch.zeros(a.shape[0])
-        assert torch.allclose(refine.refinement_loss(model, x, y, z, zero_lpips, 1.0), torch.stack(terms).mean())
+        assert torch.allclose(refine.refinement_loss(model, x, y, z, zero_lpips, 1.0), torch.stack(terms[1:]).mean())
+    # MSE weights move both latents; LPIPS weights move y and code z as the analysis gave it
+    y_mse, z_mse = refine.refine_latents(model, x, y, z, steps=2)
+    y_lpips, z_lpips = refine.refine_latents(model, x, y, z, steps=2, lpips_weight=1.0)
+    assert not torch.equal(y_mse, y) and not torch.equal(z_mse, z)
+    assert not torch.equal(y_lpips, y) and torch.equal(z_lpips, z)
