@@ -1,10 +1,10 @@
 """Encoder-side latent refinement: spend encode time for a smaller file at the same quality.
 
-The analysis transform is one amortised guess for every image. Here y and z are optimised for this
-image (Adam on the training objective, averaged over the layers, so every prefix of the file gains;
-z only for MSE weights), and the result is coded by the usual exact path: the decoder and the format do not change. This is
-float work on the encoder only; a refined file may differ between machines, and like every file it
-decodes identically everywhere.
+The analysis transform is one amortised guess for every image. Here y (and, for MSE weights, z) is
+optimised for this image (Adam on the training objective, averaged over the layers, so every prefix of
+the file gains), and the result is coded by the usual exact path: the decoder and the format do not
+change. This is float work on the encoder only; a refined file may differ between machines, and like
+every file it decodes identically everywhere.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def refine_latents(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z:
                    lr: float = REFINE_LR, lpips_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """y [1, M, H/16, W/16] and z [1, Z, H/64, W/64] from the analysis of x (padded, in [0, 1]),
     optimised for `steps` Adam steps; `lpips_weight` > 0 adds LPIPS as `sicc train --lpips-weight`
-    does, and holds z. Seeded (the same input gives the same result on a machine); neither `model` nor the
-    global random stream is touched."""
+    does, and holds z. Seeded (the same input gives the same result on a machine); neither `model`
+    nor the global random stream is touched."""
     lpips = None
     if lpips_weight > 0:
         from .lpips import load_lpips
