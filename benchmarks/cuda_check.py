@@ -25,6 +25,7 @@ from PIL import Image
 from codec.api import decode_image, encode_image
 from codec.container import parse
 from codec.evaluate import psnr
+from codec.model import PAD_MULTIPLE
 from codec.weights import load_codec
 
 # Plain decodes of the same latent on two devices differ by float rounding only: a pixel may flip
@@ -61,7 +62,7 @@ def check_image(path: Path, weights: Path | None, refine: int, device: str) -> t
                "encode_s_cpu": round(files["cpu_s"], 2), "encode_s_cuda": round(files["cuda_s"], 2), "layers": []}
         for made_on in ("cpu", "cuda"):
             cont = parse(files[made_on])
-            hp, wp = -(-h // 64) * 64, -(-w // 64) * 64
+            hp, wp = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
             for k in range(1, len(cont.payloads) + 1):
                 try:
                     on_cpu, t_cpu = _timed(lambda: cpu_codec.decode(list(cont.payloads[:k]), hp, wp))
