@@ -28,20 +28,25 @@ REFINE_TILE, REFINE_MARGIN = 48, 4
 Y_PER_PX = PAD_MULTIPLE // 4  # y is at 1/16 of the image resolution
 
 
-def layer_points(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, first: int = 1):
+def layer_points(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, first: int = 1,
+                 held_hyper: tuple[torch.Tensor, torch.Tensor] | None = None):
     """(bits per pixel, reconstruction) of layers first..L (layer k: slices 1..k-1 transmitted, the rest
     mean-filled), through the model's own quantisation: the training relaxation in train mode, rounding
-    in eval mode."""
-    z_hat, z_likelihoods = model.entropy_bottleneck(z)
-    hyper = model.h_s(z_hat)
+    in eval mode. `held_hyper` (hyper features, z bits) stands in for z's path when z is held."""
+    if held_hyper is None:
+        z_hat, z_likelihoods = model.entropy_bottleneck(z)
+        hyper, z_bits = model.h_s(z_hat), bits(z_likelihoods)
+    else:
+        hyper, z_bits = held_hyper
     y_hat, likelihoods = model._quantized_slices(y, hyper, len(model.cfg.slices))
-    rates = accumulate([bits(z_likelihoods), *map(bits, likelihoods)])
+    rates = accumulate([z_bits, *map(bits, likelihoods)])
     pixels = x.shape[2] * x.shape[3]
     return [(total_bits / pixels, model._transform(model.g_s, model._fill_missing_slices(hyper, y_hat[:level])))
             for level, total_bits in enumerate(rates) if level + 1 >= first]
 
 
-def refinement_loss(model: ProgressiveCodec, x, y, z, lpips=None, lpips_weight: float = 0.0) -> torch.Tensor:
+def refinement_loss(model: ProgressiveCodec, x, y, z, lpips=None, lpips_weight: float = 0.0,
+                    held_hyper=None) -> torch.Tensor:
     """Mean over layers 2..L of the training objective's terms: bpp + lambda_k * 255^2 * MSE, plus
     gamma_k * LPIPS (of the clamped image, as in training) with `lpips`.
 
@@ -50,7 +55,7 @@ def refinement_loss(model: ProgressiveCodec, x, y, z, lpips=None, lpips_weight: 
     equal PSNR, without it -14.8 %; docs/results.md). Where z is held (LPIPS weights) it is a constant."""
     slices = len(model.cfg.slices)
     lambdas, gammas = level_lambdas(slices), level_gammas(slices, lpips_weight)
-    points = layer_points(model, x, y, z, first=2)
+    points = layer_points(model, x, y, z, first=2, held_hyper=held_hyper)
     loss = 0.0
     for level, (bpp, x_hat) in enumerate(points, start=1):
         loss = loss + bpp + lambdas[level] * 255**2 * torch.mean((x_hat - x) ** 2)
@@ -67,14 +72,30 @@ def _refine_tile(model: ProgressiveCodec, packed: torch.Tensor, steps: int, lr: 
     # z is refined for MSE weights only. There it bought layer 1 (z alone) 3.2 dB for fewer bits; with
     # LPIPS weights it spent twice the bits on layer 1 for no gain on layers 2..L, and holding it at the
     # analysis value measured better on Kodak (docs/results.md, session 10).
-    z = z_up[:, :, ::4, ::4].clone().requires_grad_(lpips is None)
-    opt = torch.optim.Adam([y, z] if lpips is None else [y], lr=lr)
+    hold_z = lpips is not None
+    z = z_up[:, :, ::4, ::4].clone().requires_grad_(not hold_z)
+    opt = torch.optim.Adam([y] if hold_z else [y, z], lr=lr)
+    # a held z reaches y's objective as the decoder will see it, rounded; computed once
+    held_hyper = decoded_hyper(model, z) if hold_z else None
     for _ in range(steps):
-        loss = refinement_loss(model, x, y, z, lpips, lpips_weight)
+        loss = refinement_loss(model, x, y, z, lpips, lpips_weight, held_hyper)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return torch.cat([y.detach(), _upsample4(z.detach())], dim=1)
+
+
+def decoded_hyper(model: ProgressiveCodec, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hyper features and z bits of z rounded as the decoder rounds it, also from a model in train
+    mode (which would add uniform noise instead)."""
+    bottleneck = model.entropy_bottleneck
+    with torch.no_grad():
+        bottleneck.eval()
+        try:
+            z_hat, z_likelihoods = bottleneck(z)
+        finally:
+            bottleneck.train()
+        return model.h_s(z_hat), bits(z_likelihoods)
 
 
 def _upsample4(z: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Encoder-side latent refinement: a smaller rate-distortion cost from the same decoder."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,19 @@ def test_the_objective_averages_layers_two_on_and_lpips_weights_hold_z():
     y_lpips, z_lpips = refine.refine_latents(model, x, y, z, steps=2, lpips_weight=1.0)
     assert not torch.equal(y_mse, y) and not torch.equal(z_mse, z)
     assert not torch.equal(y_lpips, y) and torch.equal(z_lpips, z)
+
+
+def test_a_held_z_enters_the_objective_rounded_as_the_decoder_sees_it():
+    model = make_tiny_model().eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        y = model.g_a(x)
+        z = model.h_a(y) + 0.3  # off the integer grid, where noise and rounding differ
+        decoder_view = refine.layer_points(model, x, y, z)
+    refining = copy.deepcopy(model).train()  # refinement runs the model in train mode
+    held = refine.decoded_hyper(refining, z)
+    assert refining.entropy_bottleneck.training
+    with torch.no_grad():
+        via_held = refine.layer_points(model, x, y, z, held_hyper=held)
+    for (bpp, x_hat), (bpp_held, x_hat_held) in zip(decoder_view, via_held):
+        assert torch.allclose(bpp, bpp_held) and torch.allclose(x_hat, x_hat_held)
