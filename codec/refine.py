@@ -88,13 +88,13 @@ def _refine_tile(model: ProgressiveCodec, packed: torch.Tensor, steps: int, lr: 
 def decoded_hyper(model: ProgressiveCodec, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The hyper features and z bits of z rounded as the decoder rounds it, also from a model in train
     mode (which would add uniform noise instead)."""
-    bottleneck = model.entropy_bottleneck
+    bottleneck, training = model.entropy_bottleneck, model.entropy_bottleneck.training
     with torch.no_grad():
         bottleneck.eval()
         try:
             z_hat, z_likelihoods = bottleneck(z)
         finally:
-            bottleneck.train()
+            bottleneck.train(training)
         return model.h_s(z_hat), bits(z_likelihoods)
 
 

@@ -136,7 +136,9 @@ def test_a_held_z_enters_the_objective_rounded_as_the_decoder_sees_it():
         decoder_view = refine.layer_points(model, x, y, z)
     refining = copy.deepcopy(model).train()  # refinement runs the model in train mode
     held = refine.decoded_hyper(refining, z)
-    assert refining.entropy_bottleneck.training
+    assert refining.entropy_bottleneck.training and not model.entropy_bottleneck.training
+    assert all(torch.equal(a, b) for a, b in zip(held, refine.decoded_hyper(model, z)))
+    assert not model.entropy_bottleneck.training  # each model is left in the mode it was in
     with torch.no_grad():
         via_held = refine.layer_points(model, x, y, z, held_hyper=held)
     for (bpp, x_hat), (bpp_held, x_hat_held) in zip(decoder_view, via_held):
