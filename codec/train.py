@@ -94,6 +94,14 @@ class Distributed:
             p.grad = flat[offset : offset + p.numel()].view(p.shape).clone()
             offset += p.numel()
 
+    def close(self):
+        """Every rank waits for the others to finish (rank 0 writes the last checkpoint) before the
+        process group is torn down: a rank leaving with the group still up can abort its peer's exit
+        (one CI run saw rank 1 end on SIGABRT after three steps)."""
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def rank0_value(self, value: float) -> float:
         if self.world == 1:
             return value
@@ -326,6 +334,7 @@ def train_codec(
 
     _run_loop(out_dir, steps, step, train_step, checkpoint, opt, lr, progress, max_minutes, checkpoint_minutes,
               log_every, dist)
+    dist.close()
     return out_dir / "weights.safetensors"
 
 
