@@ -127,7 +127,7 @@ def test_the_objective_averages_layers_two_on_and_lpips_weights_hold_z():
     assert not torch.equal(y_lpips, y) and torch.equal(z_lpips, z)
 
 
-def test_a_held_z_enters_the_objective_rounded_as_the_decoder_sees_it():
+def test_a_held_z_enters_the_objective_rounded_as_the_decoder_sees_it(monkeypatch):
     model = make_tiny_model().eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -143,3 +143,10 @@ def test_a_held_z_enters_the_objective_rounded_as_the_decoder_sees_it():
         via_held = refine.layer_points(model, x, y, z, held_hyper=held)
     for (bpp, x_hat), (bpp_held, x_hat_held) in zip(decoder_view, via_held):
         assert torch.allclose(bpp, bpp_held) and torch.allclose(x_hat, x_hat_held)
+    # refinement asks for it once per tile, and only where z is held (LPIPS weights)
+    calls = []
+    monkeypatch.setattr(refine, "decoded_hyper", lambda m, zz: calls.append(1) or held)
+    refine.refine_latents(model, x, y, z, steps=2)
+    assert calls == []
+    refine.refine_latents(model, x, y, z, steps=2, lpips_weight=1.0)
+    assert calls == [1]
