@@ -8,7 +8,8 @@ from .conftest import photo
 def _tensor(img):
     import numpy as np
 
-    return torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].float() / 255
+    # np.array copies: PIL's buffer is read-only, which torch warns about
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
 
 
 def test_lpips_orders_distortions():
