@@ -13,21 +13,17 @@ from __future__ import annotations
 import json
 import sys
 
-from codec.evaluate import average_curves, bd_rate
+from codec.evaluate import average_curves, curve_bd_rates
 
 ANCHORS = ("jpeg", "webp", "avif", "jxl", "j2k")
 
 
 def rows(spec: str) -> list[dict]:
-    return [row for path in spec.split(",") for row in json.load(open(path))["rows"]]
-
-
-def _psnr(curve):
-    return [(p[0], p[1]) for p in curve]
-
-
-def _lpips(curve):  # BD-rate wants a quality that rises with the rate
-    return [(p[0], -p[3]) for p in curve]
+    out = []
+    for path in spec.split(","):
+        with open(path) as f:
+            out += json.load(f)["rows"]
+    return out
 
 
 def main(base_spec: str, test_spec: str, anchors_path: str | None = None):
@@ -39,16 +35,15 @@ def main(base_spec: str, test_spec: str, anchors_path: str | None = None):
     for a, b in zip(cb, ct):
         print(f"{a[6]}: {a[0]:.4f}/{a[1]:.2f}/{a[3]:.4f} -> {b[0]:.4f}/{b[1]:.2f}/{b[3]:.4f}  "
               f"encode {a[4]:.2f} -> {b[4]:.2f} s")
-    print(f"test vs base, all layers: PSNR {bd_rate(_psnr(cb), _psnr(ct)):+.1f} %  "
-          f"LPIPS {bd_rate(_lpips(cb), _lpips(ct)):+.1f} %")
-    print(f"test vs base, layers 2+: PSNR {bd_rate(_psnr(cb[1:]), _psnr(ct[1:])):+.1f} %  "
-          f"LPIPS {bd_rate(_lpips(cb[1:]), _lpips(ct[1:])):+.1f} %")
+    for label, first in (("all layers", 0), ("layers 2+", 1)):
+        psnr, lpips = curve_bd_rates(cb[first:], ct[first:])
+        print(f"test vs base, {label}: PSNR {psnr:+.1f} %  LPIPS {lpips:+.1f} %")
     if anchors_path:
         anchors = rows(anchors_path)
         for codec in ANCHORS:
             ca = average_curves([r for r in anchors if r["codec"] == codec and r["image"] in images])[codec]
-            print(f"vs {codec}: base PSNR {bd_rate(_psnr(ca), _psnr(cb)):+.1f} % LPIPS {bd_rate(_lpips(ca), _lpips(cb)):+.1f} %"
-                  f"  |  test PSNR {bd_rate(_psnr(ca), _psnr(ct)):+.1f} % LPIPS {bd_rate(_lpips(ca), _lpips(ct)):+.1f} %")
+            (bp, bl), (tp, tl) = curve_bd_rates(ca, cb), curve_bd_rates(ca, ct)
+            print(f"vs {codec}: base PSNR {bp:+.1f} % LPIPS {bl:+.1f} %  |  test PSNR {tp:+.1f} % LPIPS {tl:+.1f} %")
 
 
 if __name__ == "__main__":

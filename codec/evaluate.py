@@ -194,9 +194,8 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
                 bar.advance(task)
     curves = average_curves(rows)
     others = [c for c in curves if c != "sicc" and "sicc" in curves]
-    bd = {c: bd_rate([p[:2] for p in curves[c]], [p[:2] for p in curves["sicc"]]) for c in others}
-    # bits at equal LPIPS: the same fit on -LPIPS (higher is better, like PSNR)
-    bd_lpips = {c: bd_rate([(p[0], -p[3]) for p in curves[c]], [(p[0], -p[3]) for p in curves["sicc"]]) for c in others}
+    both = {c: curve_bd_rates(curves[c], curves["sicc"]) for c in others}
+    bd, bd_lpips = ({c: v[0] for c, v in both.items()}, {c: v[1] for c, v in both.items()})
     result = {"dataset": str(dataset), "images": len(paths), "weights": str(weights or "default"), "refine": refine,
               "reused": {"from": str(anchors), "codecs": reused} if reused else None, "skipped": skipped,
               "curves": {c: [dict(zip(CURVE_FIELDS, p)) for p in pts] for c, pts in curves.items()},
@@ -208,6 +207,13 @@ def evaluate(dataset: Path, out_dir: Path, codecs: list[str], weights: Path | No
 
 
 CURVE_FIELDS = ("bpp", "psnr", "ms_ssim", "lpips", "encode_s", "decode_s", "setting")
+
+
+def curve_bd_rates(anchor: list[tuple], test: list[tuple]) -> tuple[float, float]:
+    """BD-rates (%) of `test` against `anchor`, two `average_curves` curves: at equal PSNR and at equal
+    LPIPS (the same fit on -LPIPS, which rises with the rate like PSNR)."""
+    return (bd_rate([p[:2] for p in anchor], [p[:2] for p in test]),
+            bd_rate([(p[0], -p[3]) for p in anchor], [(p[0], -p[3]) for p in test]))
 
 
 def average_curves(rows: list[dict]) -> dict[str, list[tuple]]:
