@@ -1,0 +1,48 @@
+#!/bin/bash
+# Continue the shipped weights on a lent GPU: the session-14 device call (docs/training.md, session 14).
+#
+# Here, once (needs /.gpudata/ and /.whl/ in .git/info/exclude, the wheels of docs/training.md session 11):
+#     bash benchmarks/gpu_continue.sh prepare [MB]    # .gpudata/train: a fixed random subset of MB (29) MB
+# then take weights/sicc-prior.safetensors out of the index for the call (64 MiB limit) and call the
+# device tool with command `bash benchmarks/gpu_continue.sh train` and carry [".gpudata", ".whl"].
+# Each arm is "name resume lr lpips-weight"; the fp16 model files and logs come back in $OUT.
+set -u
+cd "$(dirname "$0")/.."
+case "${1:-}" in
+prepare)
+  python3 - "${2:-29}" <<'PY'
+import glob, os, random, shutil, sys
+cap = float(sys.argv[1]) * 1e6
+fs = sorted(glob.glob("../shared/data/train/*/*")); random.seed(2026); random.shuffle(fs)
+os.makedirs(".gpudata/train", exist_ok=True)
+total = n = 0
+for f in fs:  # the shuffled order, every file that still fits (session 11 used 44.5 MB)
+    if total + os.path.getsize(f) <= cap:
+        total += os.path.getsize(f); n += 1
+        shutil.copy(f, f".gpudata/train/{os.path.basename(os.path.dirname(f))}-{os.path.basename(f)}")
+print(f"{n} images, {total / 1e6:.1f} MB in .gpudata/train")
+PY
+  ;;
+train)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+  ARMS=${ARMS:-"M weights/sicc-base.safetensors 3e-4 0;L1 weights/sicc-base-lpips.safetensors 1e-4 4"}
+  IFS=';' read -ra arms <<< "$ARMS"
+  for arm in "${arms[@]}"; do
+    read -r name resume lr weight <<< "$arm"
+    OMP_NUM_THREADS=4 python3 -m codec train codec .gpudata/train --out "/tmp/run-$name" --resume "$resume" \
+      --device cuda --precision bf16 --batch-size 16 --patch-size 256 --lr "$lr" --lpips-weight "$weight" \
+      --threads 4 --max-minutes "${MIN:-8.6}" --seed "${SEED:-31}" -q > "/tmp/train-$name.out" 2>&1 &
+  done
+  sleep 90; nvidia-smi >> "$OUT/gpu.txt"
+  wait
+  for arm in "${arms[@]}"; do
+    read -r name _ <<< "$arm"
+    cp "/tmp/run-$name/weights.safetensors" "$OUT/$name.safetensors"
+    cat "/tmp/train-$name.out" >> "/tmp/run-$name/log.jsonl"; cp "/tmp/run-$name/log.jsonl" "$OUT/$name.log.jsonl"
+    tail -n 2 "/tmp/run-$name/log.jsonl" | cut -c1-300
+  done
+  ;;
+*) echo "usage: bash benchmarks/gpu_continue.sh prepare [MB] | train  (env ARMS, MIN, SEED)" >&2; exit 2 ;;
+esac
