@@ -1,7 +1,7 @@
 #!/bin/bash
 # Continue the shipped weights on a lent GPU: the session-14 device call (docs/training.md, session 14).
 #
-# Here, once (needs /.gpudata/ and /.whl/ in .git/info/exclude, the wheels of docs/training.md session 11):
+# Here, once (.gpudata/ and .whl/ are git-ignored; .whl/ holds the wheels of docs/training.md session 11):
 #     bash benchmarks/gpu_continue.sh prepare [MB]    # .gpudata/train: a fixed random subset of MB (29) MB
 # then take weights/sicc-prior.safetensors out of the index for the call (64 MiB limit) and call the
 # device tool with command `bash benchmarks/gpu_continue.sh train` and carry [".gpudata", ".whl"].
