@@ -14,7 +14,7 @@ prepare)
 import glob, os, random, shutil, sys
 cap = float(sys.argv[1]) * 1e6
 fs = sorted(glob.glob("../shared/data/train/*/*")); random.seed(2026); random.shuffle(fs)
-os.makedirs(".gpudata/train", exist_ok=True)
+shutil.rmtree(".gpudata/train", ignore_errors=True); os.makedirs(".gpudata/train")  # no files of an earlier cap
 total = n = 0
 for f in fs:  # the shuffled order, every file that still fits (session 11 used 44.5 MB)
     if total + os.path.getsize(f) <= cap:
