@@ -5,7 +5,8 @@
 #     bash benchmarks/gpu_continue.sh prepare [MB]    # .gpudata/train: a fixed random subset of MB (29) MB
 # then take weights/sicc-prior.safetensors out of the index for the call (64 MiB limit) and call the
 # device tool with command `bash benchmarks/gpu_continue.sh train` and carry [".gpudata", ".whl"].
-# Each arm is "name resume lr lpips-weight"; the fp16 model files and logs come back in $OUT.
+# Each arm is "name resume lr lpips-weight"; the fp16 model files and logs come back in $OUT (up to
+# three arms: 8 files at most come back).
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -17,8 +18,9 @@ fs = sorted(glob.glob("../shared/data/train/*/*")); random.seed(2026); random.sh
 shutil.rmtree(".gpudata/train", ignore_errors=True); os.makedirs(".gpudata/train")  # no files of an earlier cap
 total = n = 0
 for f in fs:  # the shuffled order, every file that still fits (session 11 used 44.5 MB)
-    if total + os.path.getsize(f) <= cap:
-        total += os.path.getsize(f); n += 1
+    size = os.path.getsize(f)
+    if total + size <= cap:
+        total += size; n += 1
         shutil.copy(f, f".gpudata/train/{os.path.basename(os.path.dirname(f))}-{os.path.basename(f)}")
 print(f"{n} images, {total / 1e6:.1f} MB in .gpudata/train")
 PY
@@ -40,8 +42,9 @@ train)
   for arm in "${arms[@]}"; do
     read -r name _ <<< "$arm"
     cp "/tmp/run-$name/weights.safetensors" "$OUT/$name.safetensors"
-    cat "/tmp/train-$name.out" >> "/tmp/run-$name/log.jsonl"; cp "/tmp/run-$name/log.jsonl" "$OUT/$name.log.jsonl"
-    tail -n 2 "/tmp/run-$name/log.jsonl" | cut -c1-300
+    cp "/tmp/run-$name/log.jsonl" "$OUT/$name.log.jsonl"  # JSON lines only: plot_training.py reads it
+    { echo "== $name"; cat "/tmp/train-$name.out"; } >> "$OUT/train.out"  # one file: at most 8 come back
+    tail -n 1 "/tmp/run-$name/log.jsonl" | cut -c1-300
   done
   ;;
 *) echo "usage: bash benchmarks/gpu_continue.sh prepare [MB] | train  (env ARMS, MIN, SEED)" >&2; exit 2 ;;
