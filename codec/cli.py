@@ -462,6 +462,8 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--full-weight", default=0.5, show_default=True, type=click.FloatRange(min=0, max=1),
               help="Share of each step's loss given to the full file; the rest goes to the step's level "
                    "(SIC: 0.5; lower favours the truncated layers).")
+@click.option("--z-rate-weight", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="Multiplies the hyperlatent's bits in the loss (above 1: a cheaper layer 1, which is z alone).")
 @click.option("--slices", help="Latent channels per slice (one layer each), e.g. 24,24,24,24,24,24,24,24; "
                                 "with --resume FILE.safetensors the transforms come from the file and the slice "
                                 "networks start fresh.  [default: the shipped layout]")

@@ -118,21 +118,25 @@ def split_parameters(model: ProgressiveCodec):
 
 
 def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float],
-                     lpips=None, gammas: list[float] | None = None, full_weight: float = 0.5) -> dict:
+                     lpips=None, gammas: list[float] | None = None, full_weight: float = 0.5,
+                     z_rate_weight: float = 1.0) -> dict:
     """full_weight * (full-file term) + (1 - full_weight) * (this step's level term); SIC uses 0.5.
-    With `lpips` (an LPIPS module) each term also gets gamma * LPIPS of its reconstruction."""
+    With `lpips` (an LPIPS module) each term also gets gamma * LPIPS of its reconstruction.
+    `z_rate_weight` scales the hyperlatent's bits in the loss (the logged bpp stay true): layer 1 is
+    z alone, and LPIPS's large gamma at level 0 pulls bits into z (session 14: twice session 13's)."""
     out = model(x, level)
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
     z_bits = bits(out["likelihoods"]["z"])
     y_bits = [bits(l) for l in out["likelihoods"]["y"]]
     rate_full = (z_bits + sum(y_bits)) / pixels
     rate_level = (z_bits + sum(y_bits[:level])) / pixels
+    z_surcharge = (z_rate_weight - 1.0) * z_bits / pixels  # in both terms, whose weights sum to 1
     mse_full = torch.mean((out["x_full"] - x) ** 2)
     mse_level = torch.mean((out["x_level"] - x) ** 2)
     S = len(model.cfg.slices)
     w_full, w_level = full_weight, 1.0 - full_weight
     loss = (w_full * (rate_full + lambdas[S] * 255**2 * mse_full)
-            + w_level * (rate_level + lambdas[level] * 255**2 * mse_level))
+            + w_level * (rate_level + lambdas[level] * 255**2 * mse_level)) + z_surcharge
     terms = {"bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
              "x_full": out["x_full"]}
     if lpips is not None:
@@ -250,14 +254,15 @@ def train_codec(
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
-    device: str = "auto", full_weight: float = 0.5,
+    device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
     "bf16" runs the image-resolution transforms under bf16 autocast; `lpips_weight` > 0 adds
     LPIPS (AlexNet) with SIC's per-level gamma (model.level_gammas) for the perceptually tuned weights.
     `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops.
-    `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5)."""
+    `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5);
+    `z_rate_weight` multiplies the hyperlatent's bits in the loss."""
     from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -296,7 +301,7 @@ def train_codec(
     def train_step(step: int) -> dict:
         level = step % len(cfg.slices)
         x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
-        terms = progressive_loss(model, x, level, lambdas, lpips, gammas, full_weight)
+        terms = progressive_loss(model, x, level, lambdas, lpips, gammas, full_weight, z_rate_weight)
         loss, record = terms["loss"], {}
         if source_model is not None:
             # (1) fit q(x | x̂) by maximum likelihood on a detached x̂; (2) the codec maximises H(X|X̂)

@@ -181,7 +181,7 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
     torch.save(state, out / "checkpoint.pt")
     r = run("train", "codec", data, "--out", out, "--steps", 8, "--batch-size", 2, "--patch-size", 64,
             "--resume", out / "checkpoint.pt", "-q", "--reg-alpha", 0.1, "--lr", 5e-5, "--precision", "bf16",
-            "--lpips-weight", 1, "--full-weight", 0.25)
+            "--lpips-weight", 1, "--full-weight", 0.25, "--z-rate-weight", 2)
     assert r.exit_code == 0, r.stderr
     # emulated bf16 (CPUs without AVX512-BF16/AMX) is far slower than fp32: the user is told so
     assert ("no native bf16" in r.stderr) == (not has_fast_bf16(torch.device("cpu")))
