@@ -58,6 +58,11 @@ def read_image(data: bytes) -> SourceImage:
     except (OSError, ValueError, SyntaxError) as e:
         raise SiccError(f"not a readable image ({e})") from None
     check_size(*img.size)
+    # Coding frame 0 of an animation would drop the rest without a word. Camera JPEGs often open as
+    # MPO with a second, embedded preview or depth frame: there the first frame is the photo.
+    if getattr(img, "is_animated", False) and img.format != "MPO":
+        raise SiccError(f"{img.format} image with {img.n_frames} frames: sicc codes still images "
+                        "(save the frame you want as a single image first)")
     try:
         img.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:

@@ -179,6 +179,21 @@ def test_unreadable_inputs_are_refused(tiny_weights):
         encode_image(buf.getvalue()[:-200], weights=tiny_weights)
 
 
+def test_multi_frame_images_are_refused_not_cut_to_their_first_frame(tiny_weights):
+    frames = [photo(24, 16, seed=i) for i in range(3)]
+    for fmt in ("GIF", "PNG", "TIFF"):  # an animated GIF, an APNG, a multi-page TIFF
+        buf = io.BytesIO()
+        frames[0].save(buf, fmt, save_all=True, append_images=frames[1:])
+        with pytest.raises(SiccError, match="3 frames"):
+            encode_image(buf.getvalue(), weights=tiny_weights)
+    # one frame is coded as usual, and so is a camera JPEG (MPO) whose second frame is a preview
+    single, camera = io.BytesIO(), io.BytesIO()
+    frames[0].save(single, "GIF", save_all=True)
+    frames[0].save(camera, "MPO", save_all=True, append_images=frames[1:2])
+    for data in (single.getvalue(), camera.getvalue()):
+        assert decode_image(encode_image(data, weights=tiny_weights), weights=tiny_weights).size == (24, 16)
+
+
 def test_psnr_helper_sanity():
     img = photo(16, 16)
     assert psnr(img, img) == 100.0  # capped for identical images
