@@ -93,14 +93,26 @@ def from_pil(img: Image.Image) -> SourceImage:
     exif = img.info.get("exif")
     return SourceImage(
         np.ascontiguousarray(rgb, dtype=np.uint8), alpha, mode, _BIT_DEPTH.get(mode, 8),
-        img.info.get("icc_profile") or None, exif if isinstance(exif, bytes) and exif else None,
+        _profile_of_decoded(img.info.get("icc_profile") or None, mode),
+        exif if isinstance(exif, bytes) and exif else None,
     )
+
+
+_GREY_MODES = ("L", "1", "F", "LA", "La") + _SIXTEEN_BIT
+
+
+def _profile_of_decoded(icc: bytes | None, mode: str) -> bytes | None:
+    """The source's ICC profile where it still describes the decoded pixels (grey or RGB). A CMYK
+    profile does not once the pixels are RGB: attached to them, it tells viewers to read RGB as ink."""
+    if icc is None or len(icc) < 20:
+        return icc  # no header to read: kept as it came
+    return icc if icc[16:20] == (b"GRAY" if mode in _GREY_MODES else b"RGB ") else None
 
 
 def to_pil(rgb: np.ndarray, alpha: np.ndarray | None, mode: str) -> Image.Image:
     """Decoded RGB (+ alpha) -> the image mode documented for the original mode."""
     img = Image.fromarray(rgb, "RGB")
-    grey = mode in ("L", "1", "F", "LA", "La") or mode in _SIXTEEN_BIT
+    grey = mode in _GREY_MODES
     if grey:
         img = img.convert("L")
         if mode in _SIXTEEN_BIT:

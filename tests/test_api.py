@@ -194,6 +194,20 @@ def test_multi_frame_images_are_refused_not_cut_to_their_first_frame(tiny_weight
         assert decode_image(encode_image(data, weights=tiny_weights), weights=tiny_weights).size == (24, 16)
 
 
+def test_a_cmyk_profile_is_not_attached_to_the_rgb_it_decodes_to(tiny_weights):
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk_header = srgb[:16] + b"CMYK" + srgb[20:]  # only the colour space field is read
+    rgb = photo(24, 16)
+    for img, icc, kept in ((rgb.convert("CMYK"), cmyk_header, False), (rgb, srgb, True),
+                           (rgb.convert("L"), srgb, False)):
+        buf = io.BytesIO()
+        img.save(buf, "TIFF", icc_profile=icc)
+        out = decode_image(encode_image(buf.getvalue(), weights=tiny_weights), weights=tiny_weights)
+        assert (out.info.get("icc_profile") == icc) == kept, img.mode
+
+
 def test_psnr_helper_sanity():
     img = photo(16, 16)
     assert psnr(img, img) == 100.0  # capped for identical images
