@@ -2,28 +2,41 @@
 # Continue the shipped weights on a lent GPU: the session-14 device call (docs/training.md, session 14).
 #
 # Here, once (.gpudata/ and .whl/ are git-ignored; .whl/ holds the wheels of docs/training.md session 11):
-#     bash benchmarks/gpu_continue.sh prepare [MB]    # .gpudata/train: a fixed random subset of MB (29) MB
+#     bash benchmarks/gpu_continue.sh prepare [MB] [PART]  # .gpudata/train: part PART (0) of the data
 # then take weights/sicc-prior.safetensors out of the index for the call (64 MiB limit) and call the
 # device tool with command `bash benchmarks/gpu_continue.sh train` and carry [".gpudata", ".whl"].
-# Each arm is "name resume lr lpips-weight"; the fp16 model files and logs come back in $OUT (up to
-# three arms: 8 files at most come back).
+# Each arm is "name resume lr lpips-weight [more sicc train options]"; the fp16 model files and logs
+# come back in $OUT (up to three arms: 8 files at most come back).
+# Part 0 is session 14's subset: the shuffled files, each taken while it still fits under MB; part 1
+# does the same with the files part 0 left, and so on (29 MB: parts 0-4 hold all 1 432 images). To train
+# on more than one call can carry, send each part in a short call of its own with command
+# `bash benchmarks/gpu_continue.sh stage` (files written there stay for the next call while the machine
+# is warm), then `DATA=/tmp/data bash benchmarks/gpu_continue.sh train`.
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
 prepare)
-  python3 - "${2:-29}" <<'PY'
+  python3 - "${2:-29}" "${3:-0}" <<'PY'
 import glob, os, random, shutil, sys
-cap = float(sys.argv[1]) * 1e6
+cap, part = float(sys.argv[1]) * 1e6, int(sys.argv[2])
 fs = sorted(glob.glob("../shared/data/train/*/*")); random.seed(2026); random.shuffle(fs)
 shutil.rmtree(".gpudata/train", ignore_errors=True); os.makedirs(".gpudata/train")  # no files of an earlier cap
-total = n = 0
-for f in fs:  # the shuffled order, every file that still fits (session 11 used 44.5 MB)
-    size = os.path.getsize(f)
-    if total + size <= cap:
-        total += size; n += 1
-        shutil.copy(f, f".gpudata/train/{os.path.basename(os.path.dirname(f))}-{os.path.basename(f)}")
-print(f"{n} images, {total / 1e6:.1f} MB in .gpudata/train")
+for _ in range(part + 1):
+    total, taken, left = 0, [], []
+    for f in fs:  # the shuffled order, every file that still fits (session 11 used 44.5 MB)
+        size = os.path.getsize(f)
+        if total + size <= cap:
+            total += size; taken.append(f)
+        else:
+            left.append(f)
+    fs = left
+for f in taken:  # named by folder too: two folders may hold the same file name
+    shutil.copy(f, f".gpudata/train/{os.path.basename(os.path.dirname(f))}-{os.path.basename(f)}")
+print(f"part {part}: {len(taken)} images, {total / 1e6:.1f} MB in .gpudata/train; {len(fs)} images in later parts")
 PY
+  ;;
+stage)
+  mkdir -p /tmp/data && cp .gpudata/train/* /tmp/data/ && echo "$(ls /tmp/data | wc -l) images in /tmp/data"
   ;;
 train)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
@@ -32,10 +45,12 @@ train)
   ARMS=${ARMS:-"M weights/sicc-base.safetensors 3e-4 0;L1 weights/sicc-base-lpips.safetensors 1e-4 4"}
   IFS=';' read -ra arms <<< "$ARMS"
   for arm in "${arms[@]}"; do
-    read -r name resume lr weight <<< "$arm"
-    OMP_NUM_THREADS=4 python3 -m codec train codec .gpudata/train --out "/tmp/run-$name" --resume "$resume" \
-      --device cuda --precision bf16 --batch-size 16 --patch-size 256 --lr "$lr" --lpips-weight "$weight" \
-      --threads 4 --max-minutes "${MIN:-8.6}" --seed "${SEED:-31}" -q > "/tmp/train-$name.out" 2>&1 &
+    read -r name resume lr weight more <<< "$arm"
+    # $more unquoted: its words are options, e.g. "--z-rate-weight 2"
+    OMP_NUM_THREADS=4 python3 -m codec train codec "${DATA:-.gpudata/train}" --out "/tmp/run-$name" \
+      --resume "$resume" --device cuda --precision bf16 --batch-size 16 --patch-size 256 --lr "$lr" \
+      --lpips-weight "$weight" --threads 4 --max-minutes "${MIN:-8.6}" --seed "${SEED:-31}" -q $more \
+      > "/tmp/train-$name.out" 2>&1 &
   done
   sleep 90; nvidia-smi >> "$OUT/gpu.txt"
   wait
@@ -47,5 +62,6 @@ train)
     tail -n 1 "/tmp/run-$name/log.jsonl" | cut -c1-300
   done
   ;;
-*) echo "usage: bash benchmarks/gpu_continue.sh prepare [MB] | train  (env ARMS, MIN, SEED)" >&2; exit 2 ;;
+*) echo "usage: bash benchmarks/gpu_continue.sh prepare [MB] [PART] | stage | train  (env ARMS, MIN, SEED, DATA)" >&2
+   exit 2 ;;
 esac
