@@ -21,12 +21,12 @@ import glob, os, random, shutil, sys
 cap, part = float(sys.argv[1]) * 1e6, int(sys.argv[2])
 fs = sorted(glob.glob("../shared/data/train/*/*")); random.seed(2026); random.shuffle(fs)
 shutil.rmtree(".gpudata/train", ignore_errors=True); os.makedirs(".gpudata/train")  # no files of an earlier cap
+size = {f: os.path.getsize(f) for f in fs}
 for _ in range(part + 1):
     total, taken, left = 0, [], []
     for f in fs:  # the shuffled order, every file that still fits (session 11 used 44.5 MB)
-        size = os.path.getsize(f)
-        if total + size <= cap:
-            total += size; taken.append(f)
+        if total + size[f] <= cap:
+            total += size[f]; taken.append(f)
         else:
             left.append(f)
     fs = left

@@ -28,6 +28,7 @@ MAX_SIDE = 65_535
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "PA", "LA", "La")
+_GREY_MODES = ("L", "1", "F", "LA", "La") + _SIXTEEN_BIT  # decoded as L (or LA, I;16)
 _BIT_DEPTH = {"1": 1, "I": 32, "F": 32, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16}
 _TO_RGB = ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "L", "1", "F") + _SIXTEEN_BIT + _ALPHA_MODES
 
@@ -96,9 +97,6 @@ def from_pil(img: Image.Image) -> SourceImage:
         _profile_of_decoded(img.info.get("icc_profile") or None, mode),
         exif if isinstance(exif, bytes) and exif else None,
     )
-
-
-_GREY_MODES = ("L", "1", "F", "LA", "La") + _SIXTEEN_BIT
 
 
 def _profile_of_decoded(icc: bytes | None, mode: str) -> bytes | None:
