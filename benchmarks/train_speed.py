@@ -1,0 +1,90 @@
+"""Seconds per training step of `sicc train codec`'s recipe, per precision, and optionally where the
+time goes (torch.profiler's top operators). Choose `--precision` for a machine with it: bf16 autocast
+pays on CPUs with native bf16 (avx512_bf16 / amx_bf16 in /proc/cpuinfo) and costs elsewhere.
+
+    python benchmarks/train_speed.py weights/sicc-base-lpips.safetensors --lpips-weight 4 \
+        --precisions fp32,bf16 --threads 1 --steps 20 [--profile]
+
+The step is the training loop's (progressive_loss, backward, Adam) on crops of ../shared/data/train,
+one level per step round-robin, as `train_codec` runs it. Other processes on the machine slow it:
+compare precisions in one call.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from codec.data import CropSampler
+from codec.model import TINY_CONFIG, level_gammas, level_lambdas
+from codec.train import PRECISIONS, model_to_train, progressive_loss, split_parameters
+
+
+def native_bf16() -> list[str]:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return []
+    return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16", "avx_vnni")})
+
+
+def seconds_per_step(args, precision: str, profile: bool) -> float:
+    torch.manual_seed(0)
+    model, _ = model_to_train(args.weights, TINY_CONFIG if args.small else None)
+    model.transform_dtype = PRECISIONS[precision]
+    model.to(memory_format=torch.channels_last)
+    main, _ = split_parameters(model)
+    opt = torch.optim.Adam(main, lr=1e-5)
+    S = len(model.cfg.slices)
+    lambdas, gammas = level_lambdas(S), level_gammas(S, args.lpips_weight)
+    lpips = None
+    if args.lpips_weight > 0:
+        from codec.lpips import load_lpips
+        lpips = load_lpips()
+    sampler = CropSampler(args.data, args.patch_size, seed=0, limit=64)  # loading all 1 432 takes minutes
+
+    def step(i: int):
+        x = sampler.batch(args.batch_size).contiguous(memory_format=torch.channels_last)
+        loss = progressive_loss(model, x, i % S, lambdas, lpips, gammas)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for i in range(2):  # first steps allocate and pick kernels
+        step(i)
+    if profile:
+        with torch.profiler.profile() as prof:
+            for i in range(args.steps):
+                step(i)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        return prof.profiler.total_average().self_cpu_time_total / 1e6 / args.steps
+    start = time.perf_counter()
+    for i in range(args.steps):
+        step(i)
+    return (time.perf_counter() - start) / args.steps
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("weights", type=Path, nargs="?", help="a codec .safetensors to start from (else new)")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/train"))
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lpips-weight", type=float, default=0.0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--small", action="store_true", help="the tiny test codec")
+    p.add_argument("--profile", action="store_true", help="also print the top operators")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16 flags: {', '.join(native_bf16()) or 'none'}; {args.threads} thread(s), "
+          f"batch {args.batch_size} of {args.patch_size}², lpips weight {args.lpips_weight}")
+    for precision in args.precisions.split(","):
+        print(f"{precision}: {seconds_per_step(args, precision, args.profile):.3f} s per step")
+
+
+if __name__ == "__main__":
+    main()
