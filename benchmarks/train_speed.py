@@ -1,6 +1,6 @@
 """Seconds per training step of `sicc train codec`'s recipe, per precision, and optionally where the
 time goes (torch.profiler's top operators). Choose `--precision` for a machine with it: bf16 autocast
-pays on CPUs with native bf16 (avx512_bf16 / amx_bf16 in /proc/cpuinfo) and costs elsewhere.
+pays on CPUs with native bf16 (AVX512-BF16 or AMX: codec.device.has_fast_bf16) and costs elsewhere.
 
     python benchmarks/train_speed.py weights/sicc-base-lpips.safetensors --lpips-weight 4 \
         --precisions fp32,bf16 --threads 1 --steps 20 [--profile]
@@ -17,16 +17,9 @@ from pathlib import Path
 import torch
 
 from codec.data import CropSampler
+from codec.device import has_fast_bf16
 from codec.model import TINY_CONFIG, level_gammas, level_lambdas
 from codec.train import PRECISIONS, model_to_train, progressive_loss, split_parameters
-
-
-def native_bf16() -> list[str]:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return []
-    return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16", "avx_vnni")})
 
 
 def seconds_per_step(args, precision: str, profile: bool) -> float:
@@ -80,7 +73,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16 flags: {', '.join(native_bf16()) or 'none'}; {args.threads} thread(s), "
+          f"native bf16: {has_fast_bf16(torch.device('cpu'))}; {args.threads} thread(s), "
           f"batch {args.batch_size} of {args.patch_size}², lpips weight {args.lpips_weight}")
     for precision in args.precisions.split(","):
         print(f"{precision}: {seconds_per_step(args, precision, args.profile):.3f} s per step")
