@@ -5,12 +5,14 @@ pays on CPUs with native bf16 (AVX512-BF16 or AMX: codec.device.has_fast_bf16) a
     python benchmarks/train_speed.py weights/sicc-base-lpips.safetensors --lpips-weight 4 \
         --precisions fp32,bf16 --threads 1 --steps 20 [--profile]
 
-The step is the training loop's (progressive_loss, backward, Adam) on crops of ../shared/data/train,
-one level per step round-robin, as `train_codec` runs it. Other processes on the machine slow it:
+The step is the training loop's (progressive_loss, backward, clipped Adam step, the bottleneck's aux
+step) on crops of the first 64 images of ../shared/data/train, one level per step round-robin, as
+`train_codec` runs it without the regularizer. Other processes on the machine slow it:
 compare precisions in one call.
 """
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -19,43 +21,41 @@ import torch
 from codec.data import CropSampler
 from codec.device import has_fast_bf16
 from codec.model import TINY_CONFIG, level_gammas, level_lambdas
-from codec.train import PRECISIONS, model_to_train, progressive_loss, split_parameters
+from codec.train import PRECISIONS, finite_step, model_to_train, progressive_loss, split_parameters
 
 
-def seconds_per_step(args, precision: str, profile: bool) -> float:
+def seconds_per_step(args, precision: str, sampler: CropSampler, lpips) -> float:
+    """A fresh model per precision, so each starts from the same weights."""
     torch.manual_seed(0)
     model, _ = model_to_train(args.weights, TINY_CONFIG if args.small else None)
     model.transform_dtype = PRECISIONS[precision]
     model.to(memory_format=torch.channels_last)
-    main, _ = split_parameters(model)
-    opt = torch.optim.Adam(main, lr=1e-5)
+    main, aux = split_parameters(model)
+    opt, aux_opt = torch.optim.Adam(main, lr=1e-5), torch.optim.Adam(aux, lr=1e-3)
     S = len(model.cfg.slices)
     lambdas, gammas = level_lambdas(S), level_gammas(S, args.lpips_weight)
-    lpips = None
-    if args.lpips_weight > 0:
-        from codec.lpips import load_lpips
-        lpips = load_lpips()
-    sampler = CropSampler(args.data, args.patch_size, seed=0, limit=64)  # loading all 1 432 takes minutes
 
-    def step(i: int):
+    def step(i: int):  # train_codec's step without the regularizer
         x = sampler.batch(args.batch_size).contiguous(memory_format=torch.channels_last)
         loss = progressive_loss(model, x, i % S, lambdas, lpips, gammas)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        finite_step(opt, main, clip=1.0)
+        aux_loss = model.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux_loss.backward()
+        finite_step(aux_opt, aux)
 
     for i in range(2):  # first steps allocate and pick kernels
         step(i)
-    if profile:
-        with torch.profiler.profile() as prof:
-            for i in range(args.steps):
-                step(i)
+    with torch.profiler.profile() if args.profile else contextlib.nullcontext() as prof:
+        start = time.perf_counter()
+        for i in range(args.steps):
+            step(i)
+        seconds = (time.perf_counter() - start) / args.steps
+    if args.profile:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-        return prof.profiler.total_average().self_cpu_time_total / 1e6 / args.steps
-    start = time.perf_counter()
-    for i in range(args.steps):
-        step(i)
-    return (time.perf_counter() - start) / args.steps
+    return seconds  # under --profile, with the profiler's overhead
 
 
 def main():
@@ -75,8 +75,13 @@ def main():
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16: {has_fast_bf16(torch.device('cpu'))}; {args.threads} thread(s), "
           f"batch {args.batch_size} of {args.patch_size}², lpips weight {args.lpips_weight}")
+    sampler = CropSampler(args.data, args.patch_size, seed=0, limit=64)  # loading all 1 432 takes minutes
+    lpips = None
+    if args.lpips_weight > 0:
+        from codec.lpips import load_lpips
+        lpips = load_lpips()
     for precision in args.precisions.split(","):
-        print(f"{precision}: {seconds_per_step(args, precision, args.profile):.3f} s per step")
+        print(f"{precision}: {seconds_per_step(args, precision, sampler, lpips):.3f} s per step")
 
 
 if __name__ == "__main__":
