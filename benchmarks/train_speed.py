@@ -5,10 +5,9 @@ pays on CPUs with native bf16 (AVX512-BF16 or AMX: codec.device.has_fast_bf16) a
     python benchmarks/train_speed.py weights/sicc-base-lpips.safetensors --lpips-weight 4 \
         --precisions fp32,bf16 --threads 1 --steps 20 [--profile]
 
-The step is the training loop's (progressive_loss, backward, clipped Adam step, the bottleneck's aux
-step) on crops of the first 64 images of ../shared/data/train, one level per step round-robin, as
-`train_codec` runs it without the regularizer. Other processes on the machine slow it:
-compare precisions in one call.
+The step is `codec.train.codec_update`, the one `train_codec` runs (without the regularizer), on crops
+of the first 64 images of ../shared/data/train, one level per step round-robin. Other processes on
+the machine slow it: compare precisions in one call.
 """
 
 import argparse
@@ -21,7 +20,7 @@ import torch
 from codec.data import CropSampler
 from codec.device import has_fast_bf16
 from codec.model import TINY_CONFIG, level_gammas, level_lambdas
-from codec.train import PRECISIONS, finite_step, model_to_train, progressive_loss, split_parameters
+from codec.train import PRECISIONS, codec_update, model_to_train, split_parameters
 
 
 def seconds_per_step(args, precision: str, sampler: CropSampler, lpips) -> float:
@@ -33,18 +32,11 @@ def seconds_per_step(args, precision: str, sampler: CropSampler, lpips) -> float
     main, aux = split_parameters(model)
     opt, aux_opt = torch.optim.Adam(main, lr=1e-5), torch.optim.Adam(aux, lr=1e-3)
     S = len(model.cfg.slices)
-    lambdas, gammas = level_lambdas(S), level_gammas(S, args.lpips_weight)
+    objective = dict(lambdas=level_lambdas(S), lpips=lpips, gammas=level_gammas(S, args.lpips_weight))
 
-    def step(i: int):  # train_codec's step without the regularizer
+    def step(i: int):
         x = sampler.batch(args.batch_size).contiguous(memory_format=torch.channels_last)
-        loss = progressive_loss(model, x, i % S, lambdas, lpips, gammas)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        finite_step(opt, main, clip=1.0)
-        aux_loss = model.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        finite_step(aux_opt, aux)
+        codec_update(model, x, i % S, opt, aux_opt, objective)
 
     for i in range(2):  # first steps allocate and pick kernels
         step(i)

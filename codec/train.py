@@ -166,6 +166,36 @@ def finite_step(opt: torch.optim.Optimizer, params: list[torch.Tensor], clip: fl
     return True
 
 
+def codec_update(model: ProgressiveCodec, x: torch.Tensor, level: int, opt: torch.optim.Optimizer,
+                 aux_opt: torch.optim.Optimizer, objective: dict, dist: Distributed | None = None,
+                 regularizer=None, reg_alpha: float = 0.0) -> dict:
+    """One training step of the codec on crops `x`: `progressive_loss(model, x, level, **objective)`,
+    less `reg_alpha` * regularizer(x, x̂) when one is given (it fits its own model first), a clipped
+    Adam step of `opt` (skipped on a non-finite gradient), then the bottleneck quantiles' aux step with
+    `aux_opt`. Returns the floats to log. Under torchrun `dist` averages the gradients."""
+    dist = dist or Distributed.alone()
+    main, aux = ([p for g in o.param_groups for p in g["params"]] for o in (opt, aux_opt))
+    terms = progressive_loss(model, x, level, **objective)
+    loss, record = terms["loss"], {}
+    if regularizer is not None:
+        h_cond = regularizer(x, terms["x_full"])
+        loss = loss - reg_alpha * h_cond
+        record["h_cond"] = h_cond.item()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.average_gradients(main)
+    skipped = not finite_step(opt, main, clip=1.0)
+    aux_loss = model.aux_loss()
+    aux_opt.zero_grad(set_to_none=True)
+    aux_loss.backward()
+    dist.average_gradients(aux)
+    finite_step(aux_opt, aux)
+    return {"skipped": float(skipped), "loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
+            "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
+            "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record,
+            **{k: terms[k].item() for k in ("lpips_full", "lpips_level") if k in terms}}
+
+
 def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt, lr: float, progress: bool,
               max_minutes: float | None, checkpoint_minutes: float, log_every: int,
               dist: Distributed | None = None) -> int:
@@ -298,36 +328,25 @@ def train_codec(
     model.transform_dtype = PRECISIONS[precision]
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
 
-    def train_step(step: int) -> dict:
-        level = step % len(cfg.slices)
-        x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
-        terms = progressive_loss(model, x, level, lambdas, lpips, gammas, full_weight, z_rate_weight)
-        loss, record = terms["loss"], {}
-        if source_model is not None:
+    objective = dict(lambdas=lambdas, lpips=lpips, gammas=gammas, full_weight=full_weight,
+                     z_rate_weight=z_rate_weight)
+    regularizer = None
+    if source_model is not None:
+        def regularizer(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
             # (1) fit q(x | x̂) by maximum likelihood on a detached x̂; (2) the codec maximises H(X|X̂)
-            fit = source_model.bits_per_pixel(x, terms["x_full"].detach())
+            fit = source_model.bits_per_pixel(x, x_hat.detach())
             source_opt.zero_grad(set_to_none=True)
             fit.backward()
             dist.average_gradients(list(source_model.parameters()))
             finite_step(source_opt, list(source_model.parameters()))
             source_model.requires_grad_(False)
-            h_cond = source_model.bits_per_pixel(x, terms["x_full"])
+            h_cond = source_model.bits_per_pixel(x, x_hat)
             source_model.requires_grad_(True)
-            loss = loss - reg_alpha * h_cond
-            record["h_cond"] = h_cond.item()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        dist.average_gradients(main)
-        skipped = not finite_step(opt, main, clip=1.0)
-        aux_loss = model.aux_loss()
-        aux_opt.zero_grad(set_to_none=True)
-        aux_loss.backward()
-        dist.average_gradients(aux)
-        finite_step(aux_opt, aux)
-        return {"skipped": float(skipped), "loss": loss.item(), "bpp_full": terms["bpp_full"].item(),
-                "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
-                "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record,
-                **{k: terms[k].item() for k in ("lpips_full", "lpips_level") if k in terms}}
+            return h_cond
+
+    def train_step(step: int) -> dict:
+        x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
+        return codec_update(model, x, step % len(cfg.slices), opt, aux_opt, objective, dist, regularizer, reg_alpha)
 
     def checkpoint(step: int):
         state = {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
