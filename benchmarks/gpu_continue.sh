@@ -11,7 +11,9 @@
 # does the same with the files part 0 left, and so on (29 MB: parts 0-4 hold all 1 432 images). To train
 # on more than one call can carry, send each part in a short call of its own with command
 # `bash benchmarks/gpu_continue.sh stage` (files written there stay for the next call while the machine
-# is warm), then `DATA=/tmp/data bash benchmarks/gpu_continue.sh train`.
+# is warm), then `DATA=/tmp/data bash benchmarks/gpu_continue.sh train`. With every weights file out of
+# the index for the staging calls (the tree is then under 1 MB), `prepare 62 P` makes three parts
+# (0-2, session 18), so three staging calls carry all of the data.
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
