@@ -5,7 +5,8 @@
 Rows of several files (e.g. the halves of a dataset evaluated on two cores) are merged; only the images
 that both BASE and TEST have count. Prints the mean per-layer bpp / PSNR / LPIPS of both, the BD-rate of
 TEST against BASE at equal PSNR and at equal LPIPS (over all layers and over layers 2..L), and, given an
-ANCHORS results.json, the BD-rates of both against each classical codec on the same images.
+ANCHORS results.json, the BD-rates of both against each classical codec on the same images (over all
+layers, then over layers 2..L: PSNR / LPIPS).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def main(base_spec: str, test_spec: str, anchors_path: str | None = None):
         for codec in ANCHORS:
             ca = average_curves([r for r in anchors if r["codec"] == codec and r["image"] in images])[codec]
             (bp, bl), (tp, tl) = curve_bd_rates(ca, cb), curve_bd_rates(ca, ct)
-            print(f"vs {codec}: base PSNR {bp:+.1f} % LPIPS {bl:+.1f} %  |  test PSNR {tp:+.1f} % LPIPS {tl:+.1f} %")
+            (bp2, bl2), (tp2, tl2) = curve_bd_rates(ca, cb[1:]), curve_bd_rates(ca, ct[1:])
+            print(f"vs {codec}: base PSNR {bp:+.1f} % LPIPS {bl:+.1f} %  |  test PSNR {tp:+.1f} % LPIPS {tl:+.1f} %"
+                  f"  |  layers 2+: base {bp2:+.1f} / {bl2:+.1f} %, test {tp2:+.1f} / {tl2:+.1f} %")
 
 
 if __name__ == "__main__":
