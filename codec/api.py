@@ -120,10 +120,12 @@ def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None
         dev = resolve_device(device)
         prior = prior_for(prior_weights, dev)
     codec = codec_for(header, weights, dev if perceptual else "cpu")
+    if codec.planes is not None and header.version < 2:
+        raise SiccError(f"a version {header.version} file cannot come from plane-layered weights")
     hp, wp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
     x = codec.decode(list(cont.payloads[:k]), hp, wp, fill="sample" if sample else "mean", seed=seed)
     if perceptual:
-        x = invert(codec.model, x, k - 1, prior, strength, steps, seed or 0, zeta, on_step=on_step, method=guidance)
+        x = invert(codec.reencoder(), x, k - 1, prior, strength, steps, seed or 0, zeta, on_step=on_step, method=guidance)
     rgb = x[0, :, : header.height, : header.width].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     alpha = unpack_alpha(header.alpha, header.width, header.height) if header.alpha else None
     img = to_pil(np.ascontiguousarray(rgb), alpha, header.mode)

@@ -467,8 +467,15 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--slices", help="Latent channels per slice (one layer each), e.g. 24,24,24,24,24,24,24,24; "
                                 "with --resume FILE.safetensors the transforms come from the file and the slice "
                                 "networks start fresh.  [default: the shipped layout]")
+@click.option("--layering", type=click.Choice(["slices", "planes"]),
+              help="How files cut the latent into layers: slices (one layer per slice) or planes (trit planes "
+                   "of one slice whose mean and scale come from z). A change starts the new entropy model "
+                   "fresh on the --resume file's transforms.  [default: the --resume file's]")
+@click.option("--freeze-transforms", "frozen_transforms", is_flag=True,
+              help="Train only the entropy model (hyperprior, slice networks), not the analysis and "
+                   "synthesis transforms.")
 @_device_option("auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
-def train_codec_cmd(data_dir, small, quiet, slices, **kwargs):
+def train_codec_cmd(data_dir, small, quiet, slices, layering, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""
     import dataclasses
 
@@ -486,6 +493,18 @@ def train_codec_cmd(data_dir, small, quiet, slices, **kwargs):
         if not sizes or min(sizes) < 1:
             raise click.UsageError("--slices takes positive channel counts")
         cfg = dataclasses.replace(cfg or ModelConfig(), slices=sizes, M=sum(sizes))
+    if layering:
+        from .train import plane_layout
+        from .weights import read_config
+
+        resume = kwargs["resume"]
+        if cfg is None and resume is not None and resume.suffix != ".pt":
+            cfg = read_config(resume)
+        cfg = cfg or ModelConfig()
+        if slices and layering == "planes":
+            raise click.UsageError("--slices and --layering planes exclude each other (planes code one slice)")
+        if layering != cfg.layering:
+            cfg = plane_layout(cfg) if layering == "planes" else dataclasses.replace(cfg, layering="slices")
     path = _run_training(train_codec, data_dir, quiet, cfg=cfg, **kwargs)
     click.echo(f"weights: {path}")
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from .errors import SiccError
 
 MAGIC = b"\x89SIC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written by this sicc; version 1 (before plane layering) has the same layout
+READ_VERSIONS = (1, 2)
 WEIGHTS_ID_BYTES = 16
 MAX_MODE_LEN = 16
 MAX_LAYERS = 255
@@ -42,6 +43,7 @@ class Header:
     layers_total: int  # layers the encoder produced; `layers` may hold a prefix of them
     layers: tuple[LayerEntry, ...]
     extras: dict[bytes, bytes] = field(default_factory=dict)
+    version: int = FORMAT_VERSION  # a truncated file keeps its own
 
     @property
     def icc_profile(self) -> bytes | None:
@@ -90,7 +92,9 @@ def _header_bytes(h: Header) -> bytes:
     for tag, blob in extras:
         body += tag + struct.pack("<I", len(blob)) + blob
     header_len = len(MAGIC) + 1 + 4 + len(body) + _CRC.size
-    out = MAGIC + struct.pack("<BI", FORMAT_VERSION, header_len) + bytes(body)
+    if h.version not in READ_VERSIONS:
+        raise ValueError("bad format version")
+    out = MAGIC + struct.pack("<BI", h.version, header_len) + bytes(body)
     return out + _CRC.pack(zlib.crc32(out))
 
 
@@ -124,8 +128,9 @@ def parse_header(data: bytes) -> tuple[Header, int]:
     if len(data) < len(MAGIC) + 5:
         raise SiccError("truncated header")
     version, header_len = struct.unpack_from("<BI", data, len(MAGIC))
-    if version != FORMAT_VERSION:
-        raise SiccError(f"unsupported .sic format version {version} (this sicc reads version {FORMAT_VERSION})")
+    if version not in READ_VERSIONS:
+        raise SiccError(f"unsupported .sic format version {version} (this sicc reads versions "
+                        f"{', '.join(map(str, READ_VERSIONS))})")
     if header_len < len(MAGIC) + 5 + _CRC.size:
         raise SiccError("corrupt header (bad header length)")
     if len(data) < header_len:
@@ -155,7 +160,7 @@ def parse_header(data: bytes) -> tuple[Header, int]:
         raise SiccError("corrupt header (unexpected bytes after the fields)")
     if width == 0 or height == 0 or not mode or layer_count > layers_total or layers_total == 0:
         raise SiccError("corrupt header (impossible field values)")
-    header = Header(weights_id, width, height, mode, bit_depth, layers_total, layers, extras)
+    header = Header(weights_id, width, height, mode, bit_depth, layers_total, layers, extras, version)
     return header, header_len
 
 
@@ -222,7 +227,7 @@ def describe(data: bytes) -> dict:
         rows.append({"index": i, "bytes": entry.length, "cumulative_bytes": size,
                      "bpp": round(size * 8 / pixels, 5), "intact": i <= cont.intact})
     return {
-        "format_version": FORMAT_VERSION, "width": h.width, "height": h.height, "mode": h.mode,
+        "format_version": h.version, "width": h.width, "height": h.height, "mode": h.mode,
         "bit_depth": h.bit_depth, "file_bytes": len(data), "bpp": round(len(data) * 8 / pixels, 5),
         "layers": rows, "layers_present": len(h.layers), "layers_intact": cont.intact,
         "layers_total": h.layers_total, "weights": h.weights_id.hex(),

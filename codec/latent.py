@@ -1,6 +1,7 @@
 """Image tensor <-> layer payloads: the network joined to the entropy coder, without any file format.
 
-Layer 1 codes z, layer 1 + k codes slice k. Every probability table index and every mean comes from
+Layer 1 codes z; then layer 1 + k codes slice k, or (plane layering) the layers of planes.py's
+schedule code the one slice's trit planes. Every probability table index and every mean comes from
 the exact integer path (exact.py), so the decoder rebuilds the encoder's tables bit for bit; only
 the analysis and synthesis transforms run in float (on any device).
 """
@@ -17,6 +18,7 @@ from .entropy import VALUE_LIMIT, SymbolTables, decode_values, encode_values
 from .errors import SiccError
 from .exact import ONE, from_fixed
 from .model import PAD_MULTIPLE, SCALE_MIN, ExactEntropyModel, ProgressiveCodec
+from .planes import PlaneModel, PlaneState, decode_planes, encode_planes, plane_schedule
 from .tiling import apply_tiled
 
 # Tiles for the float transforms on large images: 768 px of output per tile (a Kodak image is one), with context margins
@@ -24,6 +26,10 @@ from .tiling import apply_tiled
 TILE_PX, ANALYSIS_MARGIN_PX, SYNTHESIS_MARGIN = 768, 64, 8
 
 FILLS = ("mean", "sample")
+
+# Plane layering's layers (docs/format.md): planes 8..4 ride with the first cut of plane 3; planes 3, 2, 1
+# are each cut by Gaussian table index, widest scales first, into layers of about 1.3-1.5x the bits (Kodak).
+PLANE_CUTS = {3: (36, 32, 28, 0), 2: (32, 28, 24, 0), 1: (28, 24, 0)}
 
 _threads_lock = threading.Lock()
 _threads_users = 0
@@ -63,10 +69,13 @@ class LatentCodec:
         self.weights_id = weights_id
         self.lpips_weight = lpips_weight  # the training objective's, which encoder refinement follows
         self.device = torch.device("cpu")
+        self.planes = PlaneModel(gaussian) if self.cfg.layering == "planes" else None
+        self.schedule = plane_schedule(self.planes, PLANE_CUTS) if self.planes else None
 
     @property
     def layers_total(self) -> int:
-        return self.cfg.layers_total
+        """Layers of a full file: z, then one per slice or per plane layer."""
+        return 1 + (len(self.schedule) if self.planes else len(self.cfg.slices))
 
     def to(self, device) -> "LatentCodec":
         self.device = torch.device(device)
@@ -108,6 +117,11 @@ class LatentCodec:
         z_sym = torch.round(z - medians).clamp(-VALUE_LIMIT, VALUE_LIMIT).cpu()
         layers = [encode_values(z_sym.numpy(), self._z_index(z_sym.shape), self.z_tables)]
         hyper = self.exact.hyper(z_sym)
+        if self.planes:
+            mean, scale = self.exact.slice_params(0, hyper, [])
+            sym = torch.round(y.cpu().double() - mean / ONE).clamp(-VALUE_LIMIT, VALUE_LIMIT)
+            layers += encode_planes(sym.numpy(), self._scale_index(scale), self.planes, self.schedule)
+            return layers, sym * ONE + mean
         decoded: list[torch.Tensor] = []
         for k, y_k in enumerate(y.split(list(self.cfg.slices), dim=1)):
             mean, scale = self.exact.slice_params(k, hyper, decoded)
@@ -130,7 +144,9 @@ class LatentCodec:
         """Payloads -> the fixed-point latent y_hat (exact: identical on every machine).
 
         Slices not transmitted are filled slice by slice: "mean" uses the predicted mean (best MSE),
-        "sample" draws mean + scale * N(0, 1), a different plausible latent per seed."""
+        "sample" draws mean + scale * N(0, 1), a different plausible latent per seed. Under plane
+        layering every value is known to an interval: "mean" takes the model's mean inside it,
+        "sample" a seeded draw from the model inside it."""
         if not 1 <= len(payloads) <= self.layers_total:
             raise SiccError(f"need 1 to {self.layers_total} layers, got {len(payloads)}")
         if fill not in FILLS or height % PAD_MULTIPLE or width % PAD_MULTIPLE:
@@ -138,6 +154,8 @@ class LatentCodec:
         zh, zw = height // PAD_MULTIPLE, width // PAD_MULTIPLE
         z_sym = decode_values(payloads[0], self._z_index((1, self.cfg.Z, zh, zw)), self.z_tables)
         hyper = self.exact.hyper(torch.from_numpy(z_sym))
+        if self.planes:
+            return self._decode_planes(payloads[1:], hyper, fill, seed)
         rng = torch.Generator().manual_seed(0 if seed is None else seed)
         decoded: list[torch.Tensor] = []
         for k in range(len(self.cfg.slices)):
@@ -152,3 +170,52 @@ class LatentCodec:
             else:
                 decoded.append(mean)
         return torch.cat(decoded, dim=1)
+
+    def reencoder(self):
+        """What perceptual decoding holds its result to: `reencode(x, level)`, the plain decode of
+        x's own file cut to `level` + 1 layers (differentiable, straight through the rounding)."""
+        return self.model if self.planes is None else _PlaneReencoder(self)
+
+    def _decode_planes(self, payloads: list[bytes], hyper: torch.Tensor, fill: str, seed: int | None) -> torch.Tensor:
+        mean, scale = self.exact.slice_params(0, hyper, [])
+        state = decode_planes(payloads, self._scale_index(scale), self.planes, self.schedule)
+        if fill == "sample":
+            sym = state.sample(np.random.default_rng(0 if seed is None else seed))
+        else:
+            sym = state.expected()
+        # fixed point, rounded from a ratio of integers: the same latent on every machine
+        return torch.from_numpy(np.round(sym * ONE).reshape(mean.shape)) + mean
+
+
+class _PlaneReencoder:
+    """`ProgressiveCodec.reencode` for plane layering: x's values cut to the intervals that `level`
+    plane layers leave, each replaced by the model's mean inside it. Float entropy parameters: a
+    projection target, not a bitstream."""
+
+    def __init__(self, codec: LatentCodec):
+        self.codec = codec
+        self.model = codec.model
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    def requires_grad_(self, flag: bool):
+        self.model.requires_grad_(flag)
+        return self
+
+    def reencode(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        model, codec = self.model, self.codec
+        y = model.g_a(x)
+        z = model.h_a(y)
+        medians = model.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
+        mean, scale = model.slice_params(0, model.h_s(torch.round(z - medians) + medians), [])
+        with torch.no_grad():
+            sym = torch.round(y - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).double().cpu().numpy().astype(np.int64)
+            table = codec._scale_index((model.scale_bound(scale).double() * ONE).cpu())
+            state = PlaneState(codec.planes, table)
+            for layer in codec.schedule[:level]:
+                state.advance(sym.ravel(), layer)
+            cut = torch.from_numpy(state.expected().reshape(sym.shape)).to(y)
+        y_hat = (y - mean) + (cut - (y - mean)).detach() + mean
+        return model.g_s(y_hat)

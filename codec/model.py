@@ -22,6 +22,9 @@ SCALE_MIN = 0.11  # lower bound of the Gaussian scales, as in CompressAI
 LIKELIHOOD_MIN = 1e-9
 
 
+LAYERINGS = ("slices", "planes")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     N: int = 96  # channels of the image transforms
@@ -30,10 +33,18 @@ class ModelConfig:
     hyper: int = 128  # features the hyper-synthesis hands to every slice network
     slices: tuple[int, ...] = (8, 8, 16, 16, 24, 32, 40, 48)  # uneven: small first layers, low rates
     slice_hidden: tuple[int, int] = (128, 96)
+    # How a file's layers cut the latent: "slices" sends slice k whole in layer 1 + k (SIC); "planes"
+    # has one slice (mean and scale from z alone) sent as trit planes, coarse to fine, across all
+    # channels (planes.py): a low layer holds many values roughly rather than a few exactly.
+    layering: str = "slices"
 
     def __post_init__(self):
         if sum(self.slices) != self.M:
             raise ValueError(f"slices {self.slices} do not add up to M={self.M}")
+        if self.layering not in LAYERINGS:
+            raise ValueError(f"layering {self.layering!r} is not one of {LAYERINGS}")
+        if self.layering == "planes" and len(self.slices) != 1:
+            raise ValueError("plane layering codes one slice")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -45,10 +56,6 @@ class ModelConfig:
         d["slice_hidden"] = tuple(d["slice_hidden"])
         return cls(**d)
 
-    @property
-    def layers_total(self) -> int:
-        """Layers of a full file: z, then one per slice."""
-        return 1 + len(self.slices)
 
 
 # A tiny model for tests and smoke runs (untrained it still codes exactly).

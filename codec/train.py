@@ -9,6 +9,7 @@ lam_k runs geometrically over CompressAI's q1..q8 range. Rates are in bits per p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -111,10 +112,27 @@ class Distributed:
 
 
 def split_parameters(model: ProgressiveCodec):
+    """The trainable parameters: the main optimiser's and the bottleneck quantiles (aux loss)."""
     main, aux = [], []
     for name, p in model.named_parameters():
-        (aux if name.endswith("quantiles") else main).append(p)
+        if p.requires_grad:
+            (aux if name.endswith("quantiles") else main).append(p)
     return main, aux
+
+
+def plane_layout(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with plane layering: one slice of all M channels, its mean and scale from z alone, from a
+    wider network than a slice's (it predicts every channel with no slice before it to lean on)."""
+    return dataclasses.replace(cfg, slices=(cfg.M,), layering="planes",
+                               slice_hidden=(cfg.hyper * 3 // 2, cfg.M * 4 // 3))
+
+
+def freeze_transforms(model: ProgressiveCodec) -> ProgressiveCodec:
+    """Train only the entropy model (hyper-analysis and -synthesis, slice networks, bottleneck): the
+    analysis and synthesis transforms, and so the latents, stay as they are."""
+    for net in (model.g_a, model.g_s):
+        net.requires_grad_(False)
+    return model
 
 
 def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float],
@@ -284,7 +302,7 @@ def train_codec(
     resume: Path | None = None, threads: int | None = None, seed: int = 0, checkpoint_minutes: float = 5.0,
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
-    device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0,
+    device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0, frozen_transforms: bool = False,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
@@ -292,13 +310,16 @@ def train_codec(
     LPIPS (AlexNet) with SIC's per-level gamma (model.level_gammas) for the perceptually tuned weights.
     `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops.
     `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5);
-    `z_rate_weight` multiplies the hyperlatent's bits in the loss."""
+    `z_rate_weight` multiplies the hyperlatent's bits in the loss; `frozen_transforms` trains only the
+    entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec."""
     from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
     dist = Distributed(device)
     model, state = model_to_train(resume, cfg)
     cfg = model.cfg
+    if frozen_transforms:
+        freeze_transforms(model)
     model.to(dist.device)
     dist.same_start(model)
     main, aux = split_parameters(model)

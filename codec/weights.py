@@ -182,6 +182,10 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], ModelConfig, float, bytes]
     return arrays, cfg, lpips_weight, wid
 
 
+def read_config(path: Path) -> ModelConfig:
+    return _read(path)[1]
+
+
 def load_float_model(path: Path) -> ProgressiveCodec:
     arrays, cfg, _, _ = _read(path)
     return _float_model(arrays, cfg, path)
