@@ -187,9 +187,11 @@ def test_shipped_prior_adds_realism_and_keeps_the_bits():
     src = kodak_crop("kodim13.png", (128, 128, 256, 256))
     ref = np.asarray(src)
     data = encode_image(src)
-    plain = np.asarray(decode_image(data, layers=2))
-    real = np.asarray(decode_image(data, layers=2, perceptual=True, steps=8, device="cpu"))
-    again = np.asarray(decode_image(encode_image(Image.fromarray(real)), layers=2))
+    # layer 3 of the plane-layered default is about 0.13 bpp on Kodak (the slice-layered files' layer 2:
+    # 0.15); its layer 2, at 0.08 bpp, leaves little that the sampler may change (measured: 0.98x LPIPS)
+    plain = np.asarray(decode_image(data, layers=3))
+    real = np.asarray(decode_image(data, layers=3, perceptual=True, steps=8, device="cpu"))
+    again = np.asarray(decode_image(encode_image(Image.fromarray(real)), layers=3))
     assert psnr(again, plain) >= 30
     assert lpips(ref, real) < 0.95 * lpips(ref, plain)
 

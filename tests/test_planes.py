@@ -173,17 +173,3 @@ def test_train_planes_head_on_frozen_transforms(tmp_path, tiny_weights):
     photo(64, 64).save(buf, "PNG")
     data = encode_image(buf.getvalue(), weights=out / "weights.safetensors")
     assert decode_image(data, weights=out / "weights.safetensors").size == (64, 64)
-
-
-def test_refinement_of_plane_weights_lowers_the_full_file_cost(plane_weights):
-    # under plane layering refinement optimises the full file (one slice: no slice levels to average)
-    img = photo(128, 64)
-    ref = np.asarray(img, np.float64) / 255
-
-    def cost(data: bytes) -> float:
-        rec = np.asarray(decode_image(data, weights=plane_weights), np.float64) / 255
-        return len(data) * 8 / (128 * 64) + 0.18 * 255**2 * float(np.mean((rec - ref) ** 2))
-
-    plain = encode_image(img, weights=plane_weights)
-    refined = encode_image(img, weights=plane_weights, refine=10)
-    assert cost(refined) < cost(plain)

@@ -46,12 +46,15 @@ def test_refinement_lowers_the_real_cost_and_leaves_model_and_random_stream_alon
     assert encode_image(img, weights=tiny_weights, refine=15) == refined  # seeded: same input, same file
 
 
-def test_refinement_of_the_shipped_weights_gains_on_a_kodak_crop():
-    # Measured: -2.9 % cost after 10 steps on this crop; the whole image gained -23 % BD-rate after 30
+def test_refinement_is_refused_for_the_plane_layered_default():
+    # Refinement's objective for plane layering (one slice) is the full file alone; at its step size
+    # it made the shipped default's full-file cost on this crop 3.9 % worse (session 19), so the
+    # default says so instead of writing a worse file. Slice-layered weights still refine (above).
     weights = default_weights_path()
-    img = kodak_crop("kodim23.png", (0, 0, 256, 256))
-    plain = real_cost(encode_image(img, weights=weights), img, weights)
-    assert real_cost(encode_image(img, weights=weights, refine=10), img, weights) < 0.985 * plain
+    assert load_codec(weights).planes is not None
+    img = kodak_crop("kodim23.png", (0, 0, 128, 128))
+    with pytest.raises(SiccError, match="plane-layered"):
+        encode_image(img, weights=weights, refine=2)
 
 
 def test_refinement_in_tiles_on_an_image_larger_than_a_tile(monkeypatch, tiny_weights):
