@@ -26,6 +26,7 @@ from .errors import SiccError
 _FAMILY = constriction.stream.model.Categorical(perfect=False)
 _RAW = constriction.stream.model.Uniform(2 * RAW_OFFSET)
 ESCAPE = 3
+CHUNK = 1 << 20  # elements per vectorised piece: bounds the temporaries on large images
 
 
 @dataclass(frozen=True)
@@ -115,22 +116,25 @@ class PlaneState:
         self.b = model.half[self.t].copy()
         self.escaped = np.zeros(self.t.size, bool)
 
-    def _step(self, layer: PlaneStep):
-        """The elements this layer refines and their choice probabilities (float32 [n, 4]); elements
-        whose choice is forced are refined in place and not returned."""
-        mdl, t = self.model, self.t
-        sel = np.flatnonzero((mdl.planes[t] >= layer.plane) & (t >= layer.t_min) & (t <= layer.t_max) & ~self.escaped)
-        ts, a = t[sel], self.a[sel]
-        w = 3 ** (layer.plane - 1)
+    def _selected(self, step: PlaneStep) -> np.ndarray:
+        """The elements a step codes, in raster order."""
+        t = self.t
+        return np.flatnonzero((self.model.planes[t] >= step.plane) & (t >= step.t_min) & (t <= step.t_max)
+                              & ~self.escaped)
+
+    def _coded(self, sel: np.ndarray, step: PlaneStep):
+        """Of the elements `sel`, those whose choice needs bits, with the choice probabilities (float32
+        [n, 4]); forced choices are applied in place."""
+        mdl = self.model
+        ts, a = self.t[sel], self.a[sel]
+        w = 3 ** (step.plane - 1)
         weights = np.stack([mdl.weight(ts, a + i * w, a + (i + 1) * w - 1) for i in range(3)]
-                           + [np.where(mdl.planes[ts] == layer.plane, mdl.escape[ts], 0)], 1)
+                           + [np.where(mdl.planes[ts] == step.plane, mdl.escape[ts], 0)], 1)
         forced = (weights > 0).sum(1) == 1
         # a forced choice needs no bits (always a third: an escape is never the only option)
-        choice = np.argmax(weights[forced] > 0, 1)
-        self._apply(sel[forced], choice, w)
-        sel, weights = sel[~forced], weights[~forced]
-        probs = (weights / weights.sum(1, keepdims=True)).astype(np.float32)
-        return sel, probs, w
+        self._apply(sel[forced], np.argmax(weights[forced] > 0, 1), w)
+        weights = weights[~forced]
+        return sel[~forced], (weights / weights.sum(1, keepdims=True)).astype(np.float32)
 
     def _apply(self, sel: np.ndarray, choice: np.ndarray, w: int):
         thirds = choice < ESCAPE
@@ -145,50 +149,73 @@ class PlaneState:
         return enc.get_compressed().astype("<u4").tobytes()
 
     def advance(self, values: np.ndarray, layer: Layer, enc=None):
-        """Narrow every interval by this layer's choices for `values` (coding them into `enc`, if given)."""
+        """Narrow every interval by this layer's choices for `values` (coding them into `enc`, if given).
+        A step's choices go in chunks (bounded memory on large images; the stream is the same), then its
+        escaped values."""
         for step in layer:
-            sel, probs, w = self._step(step)
-            v = values[sel]
-            escape = (v < self.model.lo[self.t[sel]]) | (v > self.model.hi[self.t[sel]])
-            choice = np.where(escape, ESCAPE, (v - self.a[sel]) // w).astype(np.int32)
-            if enc is not None and sel.size:
-                enc.encode(choice, _FAMILY, probs)
-            if enc is not None and escape.any():
-                enc.encode((v[escape] + RAW_OFFSET).astype(np.int32), _RAW)
-            self._apply(sel, choice, w)
-            self.a[sel[escape]] = self.b[sel[escape]] = v[escape]
+            w = 3 ** (step.plane - 1)
+            selected = self._selected(step)
+            escaped, escaped_values = [], []
+            for start in range(0, selected.size, CHUNK):
+                sel, probs = self._coded(selected[start : start + CHUNK], step)
+                v = values[sel]
+                escape = (v < self.model.lo[self.t[sel]]) | (v > self.model.hi[self.t[sel]])
+                choice = np.where(escape, ESCAPE, (v - self.a[sel]) // w).astype(np.int32)
+                if enc is not None and sel.size:
+                    enc.encode(choice, _FAMILY, probs)
+                self._apply(sel, choice, w)
+                escaped.append(sel[escape])
+                escaped_values.append(v[escape])
+            escaped, escaped_values = np.concatenate([[], *escaped]).astype(np.int64), np.concatenate([[], *escaped_values]).astype(np.int64)
+            if enc is not None and escaped.size:
+                enc.encode((escaped_values + RAW_OFFSET).astype(np.int32), _RAW)
+            self.a[escaped] = self.b[escaped] = escaped_values
 
     def decode_layer(self, data: bytes, layer: Layer):
         if len(data) % 4:
             raise SiccError("corrupt layer (length is not a whole number of 32-bit words)")
         dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
         for step in layer:
-            sel, probs, w = self._step(step)
-            choice = dec.decode(_FAMILY, probs).astype(np.int64) if sel.size else np.zeros(0, np.int64)
-            self._apply(sel, choice, w)
-            escape = sel[choice == ESCAPE]
-            if escape.size:
-                v = dec.decode(_RAW, int(escape.size)).astype(np.int64) - RAW_OFFSET
-                self.a[escape] = self.b[escape] = v
+            w = 3 ** (step.plane - 1)
+            selected = self._selected(step)
+            escaped = []
+            for start in range(0, selected.size, CHUNK):
+                sel, probs = self._coded(selected[start : start + CHUNK], step)
+                choice = dec.decode(_FAMILY, probs).astype(np.int64) if sel.size else np.zeros(0, np.int64)
+                self._apply(sel, choice, w)
+                escaped.append(sel[choice == ESCAPE])
+            escaped = np.concatenate([[], *escaped]).astype(np.int64)
+            if escaped.size:
+                v = dec.decode(_RAW, int(escaped.size)).astype(np.int64) - RAW_OFFSET
+                self.a[escaped] = self.b[escaped] = v
 
     def expected(self) -> np.ndarray:
         """Each element's mean value under its table restricted to its interval (float64)."""
-        exact = self.a == self.b
-        return np.where(exact, self.a, self.model.mean(self.t, self.a, self.b))
+        out = np.empty(self.t.size)
+        for start in range(0, self.t.size, CHUNK):
+            part = slice(start, start + CHUNK)
+            a, b = self.a[part], self.b[part]
+            out[part] = np.where(a == b, a, self.model.mean(self.t[part], a, b))
+        return out
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """A draw of every value from its table restricted to its interval (int64): any such draw
         re-encodes to the same layers."""
-        mdl, t = self.model, self.t
-        ia, ib = mdl._bounds(t, self.a, self.b)
-        start, w = mdl.cum[t, ia], mdl.cum[t, ib] - mdl.cum[t, ia]
-        target = start + np.floor(rng.random(t.size) * w).astype(np.int64)
+        mdl = self.model
         # one search over all tables' cumulative counts laid end to end
         stride = int(mdl.cum[:, -1].max()) + 1
         flat = (mdl.cum + np.arange(len(mdl.cum))[:, None] * stride).ravel()
-        j = np.searchsorted(flat, target + t * stride, side="right") - 1 - t * mdl.cum.shape[1]
-        drawn = mdl.lo[t] + np.clip(j, 0, mdl.length[t] - 1)
-        return np.where((self.a == self.b) | (w == 0), self.a, drawn)
+        out = np.empty(self.t.size, np.int64)
+        for begin in range(0, self.t.size, CHUNK):
+            part = slice(begin, begin + CHUNK)
+            t, a, b = self.t[part], self.a[part], self.b[part]
+            ia, ib = mdl._bounds(t, a, b)
+            start, w = mdl.cum[t, ia], mdl.cum[t, ib] - mdl.cum[t, ia]
+            target = start + np.floor(rng.random(t.size) * w).astype(np.int64)
+            j = np.searchsorted(flat, target + t * stride, side="right") - 1 - t * mdl.cum.shape[1]
+            drawn = mdl.lo[t] + np.clip(j, 0, mdl.length[t] - 1)
+            out[part] = np.where((a == b) | (w == 0), a, drawn)
+        return out
 
 
 def encode_planes(values: np.ndarray, table_idx: np.ndarray, model: PlaneModel,
