@@ -212,9 +212,7 @@ class _PlaneReencoder:
     def reencode(self, x: torch.Tensor, level: int) -> torch.Tensor:
         model, codec = self.model, self.codec
         y = model.g_a(x)
-        z = model.h_a(y)
-        medians = model.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
-        mean, scale = model.slice_params(0, model.h_s(torch.round(z - medians) + medians), [])
+        mean, scale = model.slice_params(0, model.decoded_hyper(y), [])
         with torch.no_grad():
             sym = torch.round(y - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).double().cpu().numpy().astype(np.int64)
             table = codec._scale_index((model.scale_bound(scale).double() * ONE).cpu())

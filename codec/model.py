@@ -166,13 +166,17 @@ class ProgressiveCodec(nn.Module):
             out["x_level"] = self._transform(self.g_s, self._fill_missing_slices(hyper, y_hat[:level]))
         return out
 
+    def decoded_hyper(self, y: torch.Tensor) -> torch.Tensor:
+        """The hyper features a decoder gets for y: z rounded around the bottleneck's medians."""
+        z = self.h_a(y)
+        medians = self.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
+        return self.h_s(torch.round(z - medians) + medians)
+
     def reencode(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Encode x and decode `level` slices (rounding with straight-through gradients): the map whose
         fixed points are the images that reproduce a file's layers (used by perceptual decoding)."""
         y = self.g_a(x)
-        z = self.h_a(y)
-        medians = self.entropy_bottleneck.quantiles[:, 0, 1].reshape(1, -1, 1, 1)
-        hyper = self.h_s(torch.round(z - medians) + medians)
+        hyper = self.decoded_hyper(y)
         y_hat, _ = self._quantized_slices(y, hyper, level)
         return self.g_s(self._fill_missing_slices(hyper, y_hat))
 

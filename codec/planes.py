@@ -45,7 +45,6 @@ class PlaneModel:
     """Per-table quantities that both coder directions derive from the integer counts alone."""
 
     def __init__(self, tables: SymbolTables):
-        self.tables = tables
         lengths = tables.lengths.astype(np.int64)
         self.lo = tables.offsets.astype(np.int64)
         self.hi = self.lo + lengths - 1
@@ -104,6 +103,11 @@ def plane_schedule(model: PlaneModel, cuts: dict[int, tuple[int, ...]]) -> list[
     if pending:
         layers.append(tuple(pending))
     return layers
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The chunks' int64 pieces end to end (none: empty)."""
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 class PlaneState:
@@ -166,7 +170,7 @@ class PlaneState:
                 self._apply(sel, choice, w)
                 escaped.append(sel[escape])
                 escaped_values.append(v[escape])
-            escaped, escaped_values = np.concatenate([[], *escaped]).astype(np.int64), np.concatenate([[], *escaped_values]).astype(np.int64)
+            escaped, escaped_values = _joined(escaped), _joined(escaped_values)
             if enc is not None and escaped.size:
                 enc.encode((escaped_values + RAW_OFFSET).astype(np.int32), _RAW)
             self.a[escaped] = self.b[escaped] = escaped_values
@@ -184,7 +188,7 @@ class PlaneState:
                 choice = dec.decode(_FAMILY, probs).astype(np.int64) if sel.size else np.zeros(0, np.int64)
                 self._apply(sel, choice, w)
                 escaped.append(sel[choice == ESCAPE])
-            escaped = np.concatenate([[], *escaped]).astype(np.int64)
+            escaped = _joined(escaped)
             if escaped.size:
                 v = dec.decode(_RAW, int(escaped.size)).astype(np.int64) - RAW_OFFSET
                 self.a[escaped] = self.b[escaped] = v

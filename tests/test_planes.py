@@ -16,7 +16,7 @@ from codec.entropy import encode_values
 from codec.errors import SiccError
 from codec.latent import PLANE_CUTS
 from codec.model import TINY_CONFIG, ProgressiveCodec
-from codec.planes import PlaneModel, PlaneState, decode_planes, encode_planes, plane_schedule
+from codec.planes import PlaneModel, decode_planes, encode_planes, plane_schedule
 from codec.train import plane_layout
 from codec.weights import export_weights, gaussian_tables, load_codec, load_float_model
 
