@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler
+from .entropy import VALUE_LIMIT
 from .device import resolve_device
 from .errors import SiccError
 from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas, reset_constant_buffers
@@ -137,23 +138,34 @@ def freeze_transforms(model: ProgressiveCodec) -> ProgressiveCodec:
 
 def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float],
                      lpips=None, gammas: list[float] | None = None, full_weight: float = 0.5,
-                     z_rate_weight: float = 1.0) -> dict:
+                     z_rate_weight: float = 1.0, fills=None) -> dict:
     """full_weight * (full-file term) + (1 - full_weight) * (this step's level term); SIC uses 0.5.
     With `lpips` (an LPIPS module) each term also gets gamma * LPIPS of its reconstruction.
     `z_rate_weight` scales the hyperlatent's bits in the loss (the logged bpp stay true): layer 1 is
-    z alone, and LPIPS's large gamma at level 0 pulls bits into z (session 14: twice session 13's)."""
-    out = model(x, level)
+    z alone, and LPIPS's large gamma at level 0 pulls bits into z (session 14: twice session 13's).
+    `lambdas` and `gammas` run over the levels, the last one the full file's. With `fills`
+    (plane_fills.PlaneFills, plane layering) a level k >= 1 is the plain decode of z and k plane
+    layers (straight through to the latent); its rate term stays z's alone, since those layers' bits
+    are a part of the full file's rate."""
+    plane_level = fills is not None and level > 0
+    out = model(x, None if plane_level else level)
+    if plane_level:
+        y_hat = out["y_hat"]
+        with torch.no_grad():
+            mean, scale = model.slice_params(0, out["hyper"], [])
+            v = torch.round(y_hat - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).long()
+            filled = mean + fills.residual(v, fills.table_index(scale), level).to(mean.dtype)
+        out["x_level"] = model._transform(model.g_s, y_hat + (filled - y_hat).detach())
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
     z_bits = bits(out["likelihoods"]["z"])
     y_bits = [bits(l) for l in out["likelihoods"]["y"]]
     rate_full = (z_bits + sum(y_bits)) / pixels
-    rate_level = (z_bits + sum(y_bits[:level])) / pixels
+    rate_level = (z_bits + (0 if plane_level else sum(y_bits[:level]))) / pixels
     z_surcharge = (z_rate_weight - 1.0) * z_bits / pixels  # in both terms, whose weights sum to 1
     mse_full = torch.mean((out["x_full"] - x) ** 2)
     mse_level = torch.mean((out["x_level"] - x) ** 2)
-    S = len(model.cfg.slices)
     w_full, w_level = full_weight, 1.0 - full_weight
-    loss = (w_full * (rate_full + lambdas[S] * 255**2 * mse_full)
+    loss = (w_full * (rate_full + lambdas[-1] * 255**2 * mse_full)
             + w_level * (rate_level + lambdas[level] * 255**2 * mse_level)) + z_surcharge
     terms = {"bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
              "x_full": out["x_full"]}
@@ -163,8 +175,20 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
         # images; docs/training.md). Out-of-range pixels get only the MSE's gradient.
         terms["lpips_full"] = lpips(x, out["x_full"].clamp(0, 1)).mean()
         terms["lpips_level"] = lpips(x, out["x_level"].clamp(0, 1)).mean()
-        loss = loss + w_full * gammas[S] * terms["lpips_full"] + w_level * gammas[level] * terms["lpips_level"]
+        loss = loss + w_full * gammas[-1] * terms["lpips_full"] + w_level * gammas[level] * terms["lpips_level"]
     return {"loss": loss, **terms}
+
+
+def plane_fills(device) -> "PlaneFills":
+    """The plain decoder's fills for the shipped plane layering (latent.PLANE_CUTS), on `device`."""
+    from .latent import PLANE_CUTS
+    from .plane_fills import PlaneFills
+    from .planes import PlaneModel, plane_schedule
+    from .weights import gaussian_tables
+
+    gaussian, bounds = gaussian_tables()
+    planes = PlaneModel(gaussian)
+    return PlaneFills(planes, plane_schedule(planes, PLANE_CUTS), bounds).to(device)
 
 
 def psnr(mse: float) -> float:
@@ -212,6 +236,28 @@ def codec_update(model: ProgressiveCodec, x: torch.Tensor, level: int, opt: torc
             "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
             "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record,
             **{k: terms[k].item() for k in ("lpips_full", "lpips_level") if k in terms}}
+
+
+def synthesis_update(model: ProgressiveCodec, fills, x: torch.Tensor, level: int, opt: torch.optim.Optimizer,
+                     dist: Distributed | None = None) -> dict:
+    """One step fitting the synthesis alone to a plane-layered decoder's input after `level` plane layers
+    (`fills`: plane_fills.PlaneFills), for log10 of the MSE: every level weighs alike, as in an average
+    of PSNRs. Encoder and entropy model stay as they are, and with them every file's bytes. Returns
+    the floats to log."""
+    dist = dist or Distributed.alone()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    with torch.no_grad():
+        y = model._transform(model.g_a, x)
+        mean, scale = model.slice_params(0, model.decoded_hyper(y), [])
+        v = torch.round(y - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).long()
+        y_hat = mean + fills.residual(v, fills.table_index(scale), level).to(mean.dtype)
+    mse = torch.mean((model._transform(model.g_s, y_hat) - x) ** 2)
+    loss = torch.log10(mse)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    dist.average_gradients(params)
+    skipped = not finite_step(opt, params, clip=1.0)
+    return {"skipped": float(skipped), "loss": loss.item(), "psnr_level": psnr(mse.item())}
 
 
 def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt, lr: float, progress: bool,
@@ -303,6 +349,7 @@ def train_codec(
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
     device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0, frozen_transforms: bool = False,
+    synthesis_only: bool = False, plane_levels: bool = False,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
@@ -311,7 +358,11 @@ def train_codec(
     `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops.
     `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5);
     `z_rate_weight` multiplies the hyperlatent's bits in the loss; `frozen_transforms` trains only the
-    entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec."""
+    entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec;
+    `synthesis_only` (plane layering) trains only the synthesis, on what a decoder of every layer count
+    gets (`synthesis_update`, levels round robin): files stay byte for byte the same; `plane_levels`
+    (plane layering) makes each step's level term the plain decode of a plane-layer count, round robin
+    (`progressive_loss` with `fills`), instead of z alone."""
     from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -320,17 +371,23 @@ def train_codec(
     cfg = model.cfg
     if frozen_transforms:
         freeze_transforms(model)
+    if (synthesis_only or plane_levels) and cfg.layering != "planes":
+        raise SiccError("--fit-synthesis and --plane-levels need plane-layered weights")
+    if synthesis_only:
+        model.requires_grad_(False)
+        model.g_s.requires_grad_(True)
     model.to(dist.device)
     dist.same_start(model)
     main, aux = split_parameters(model)
     opt = torch.optim.Adam(main, lr=lr)
-    aux_opt = torch.optim.Adam(aux, lr=1e-3)
+    aux_opt = torch.optim.Adam(aux, lr=1e-3) if aux else None
     source_model = ConditionalSourceModel().to(dist.device) if reg_alpha > 0 else None
     source_opt = torch.optim.Adam(source_model.parameters(), lr=lr) if source_model else None
     step = 0
     if state is not None:
         opt.load_state_dict(state["opt"])
-        aux_opt.load_state_dict(state["aux_opt"])
+        if aux_opt is not None and state["aux_opt"] is not None:
+            aux_opt.load_state_dict(state["aux_opt"])
         step = state["step"]
         if source_model is not None and "source_model" in state:
             source_model.load_state_dict(state["source_model"])
@@ -338,8 +395,10 @@ def train_codec(
     if source_model is not None:
         dist.same_start(source_model)
     sampler = CropSampler(data_dir, patch_size, seed=seed + step + 1_000_003 * dist.rank)
-    lambdas = level_lambdas(len(cfg.slices))
-    gammas = level_gammas(len(cfg.slices), lpips_weight)
+    fills = plane_fills(dist.device) if synthesis_only or plane_levels else None
+    levels = fills.levels if plane_levels else len(cfg.slices)  # level terms: 0..levels - 1
+    lambdas = level_lambdas(levels)
+    gammas = level_gammas(levels, lpips_weight)
     lpips = None
     if lpips_weight > 0:
         from .lpips import load_lpips
@@ -350,7 +409,7 @@ def train_codec(
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
 
     objective = dict(lambdas=lambdas, lpips=lpips, gammas=gammas, full_weight=full_weight,
-                     z_rate_weight=z_rate_weight)
+                     z_rate_weight=z_rate_weight, fills=fills if plane_levels else None)
     regularizer = None
     if source_model is not None:
         def regularizer(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -365,13 +424,18 @@ def train_codec(
             source_model.requires_grad_(True)
             return h_cond
 
+    if synthesis_only:
+        model.eval()  # the fixed parts as a coder runs them (GDN has no train-only behaviour either way)
+
     def train_step(step: int) -> dict:
         x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
-        return codec_update(model, x, step % len(cfg.slices), opt, aux_opt, objective, dist, regularizer, reg_alpha)
+        if synthesis_only:
+            return synthesis_update(model, fills, x, step % (fills.levels + 1), opt, dist)
+        return codec_update(model, x, step % levels, opt, aux_opt, objective, dist, regularizer, reg_alpha)
 
     def checkpoint(step: int):
         state = {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
-                 "aux_opt": aux_opt.state_dict(), "step": step}
+                 "aux_opt": aux_opt.state_dict() if aux_opt is not None else None, "step": step}
         if source_model is not None:
             state.update(source_model=source_model.state_dict(), source_opt=source_opt.state_dict())
         _atomic_torch_save(state, out_dir / "checkpoint.pt")
