@@ -474,9 +474,6 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--freeze-transforms", "frozen_transforms", is_flag=True,
               help="Train only the entropy model (hyperprior, slice networks), not the analysis and "
                    "synthesis transforms.")
-@click.option("--fit-synthesis", "synthesis_only", is_flag=True,
-              help="Plane-layered weights: train only the synthesis transform, on what a decoder of each "
-                   "layer count gets (every level alike); files stay byte for byte the same.")
 @click.option("--plane-levels", is_flag=True,
               help="Plane-layered weights: each step's level term is the plain decode of a number of plane "
                    "layers (round robin, lambda from q1 to q8 as slices have it), not z alone.")

@@ -179,7 +179,7 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
     return {"loss": loss, **terms}
 
 
-def plane_fills(device) -> "PlaneFills":
+def shipped_plane_fills(device):
     """The plain decoder's fills for the shipped plane layering (latent.PLANE_CUTS), on `device`."""
     from .latent import PLANE_CUTS
     from .plane_fills import PlaneFills
@@ -236,28 +236,6 @@ def codec_update(model: ProgressiveCodec, x: torch.Tensor, level: int, opt: torc
             "psnr_full": psnr(terms["mse_full"].item()), "bpp_level": terms["bpp_level"].item(),
             "psnr_level": psnr(terms["mse_level"].item()), "aux": aux_loss.item(), **record,
             **{k: terms[k].item() for k in ("lpips_full", "lpips_level") if k in terms}}
-
-
-def synthesis_update(model: ProgressiveCodec, fills, x: torch.Tensor, level: int, opt: torch.optim.Optimizer,
-                     dist: Distributed | None = None) -> dict:
-    """One step fitting the synthesis alone to a plane-layered decoder's input after `level` plane layers
-    (`fills`: plane_fills.PlaneFills), for log10 of the MSE: every level weighs alike, as in an average
-    of PSNRs. Encoder and entropy model stay as they are, and with them every file's bytes. Returns
-    the floats to log."""
-    dist = dist or Distributed.alone()
-    params = [p for g in opt.param_groups for p in g["params"]]
-    with torch.no_grad():
-        y = model._transform(model.g_a, x)
-        mean, scale = model.slice_params(0, model.decoded_hyper(y), [])
-        v = torch.round(y - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).long()
-        y_hat = mean + fills.residual(v, fills.table_index(scale), level).to(mean.dtype)
-    mse = torch.mean((model._transform(model.g_s, y_hat) - x) ** 2)
-    loss = torch.log10(mse)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    dist.average_gradients(params)
-    skipped = not finite_step(opt, params, clip=1.0)
-    return {"skipped": float(skipped), "loss": loss.item(), "psnr_level": psnr(mse.item())}
 
 
 def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt, lr: float, progress: bool,
@@ -349,7 +327,7 @@ def train_codec(
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
     device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0, frozen_transforms: bool = False,
-    synthesis_only: bool = False, plane_levels: bool = False,
+    plane_levels: bool = False,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
@@ -359,10 +337,8 @@ def train_codec(
     `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5);
     `z_rate_weight` multiplies the hyperlatent's bits in the loss; `frozen_transforms` trains only the
     entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec;
-    `synthesis_only` (plane layering) trains only the synthesis, on what a decoder of every layer count
-    gets (`synthesis_update`, levels round robin): files stay byte for byte the same; `plane_levels`
-    (plane layering) makes each step's level term the plain decode of a plane-layer count, round robin
-    (`progressive_loss` with `fills`), instead of z alone."""
+    `plane_levels` (plane layering) makes each step's level term the plain decode of a plane-layer
+    count, round robin (`progressive_loss` with `fills`), instead of z alone."""
     from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -371,23 +347,19 @@ def train_codec(
     cfg = model.cfg
     if frozen_transforms:
         freeze_transforms(model)
-    if (synthesis_only or plane_levels) and cfg.layering != "planes":
-        raise SiccError("--fit-synthesis and --plane-levels need plane-layered weights")
-    if synthesis_only:
-        model.requires_grad_(False)
-        model.g_s.requires_grad_(True)
+    if plane_levels and cfg.layering != "planes":
+        raise SiccError("--plane-levels needs plane-layered weights")
     model.to(dist.device)
     dist.same_start(model)
     main, aux = split_parameters(model)
     opt = torch.optim.Adam(main, lr=lr)
-    aux_opt = torch.optim.Adam(aux, lr=1e-3) if aux else None
+    aux_opt = torch.optim.Adam(aux, lr=1e-3)
     source_model = ConditionalSourceModel().to(dist.device) if reg_alpha > 0 else None
     source_opt = torch.optim.Adam(source_model.parameters(), lr=lr) if source_model else None
     step = 0
     if state is not None:
         opt.load_state_dict(state["opt"])
-        if aux_opt is not None and state["aux_opt"] is not None:
-            aux_opt.load_state_dict(state["aux_opt"])
+        aux_opt.load_state_dict(state["aux_opt"])
         step = state["step"]
         if source_model is not None and "source_model" in state:
             source_model.load_state_dict(state["source_model"])
@@ -395,8 +367,8 @@ def train_codec(
     if source_model is not None:
         dist.same_start(source_model)
     sampler = CropSampler(data_dir, patch_size, seed=seed + step + 1_000_003 * dist.rank)
-    fills = plane_fills(dist.device) if synthesis_only or plane_levels else None
-    levels = fills.levels if plane_levels else len(cfg.slices)  # level terms: 0..levels - 1
+    fills = shipped_plane_fills(dist.device) if plane_levels else None
+    levels = fills.levels if fills else len(cfg.slices)  # level terms: 0..levels - 1
     lambdas = level_lambdas(levels)
     gammas = level_gammas(levels, lpips_weight)
     lpips = None
@@ -409,7 +381,7 @@ def train_codec(
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
 
     objective = dict(lambdas=lambdas, lpips=lpips, gammas=gammas, full_weight=full_weight,
-                     z_rate_weight=z_rate_weight, fills=fills if plane_levels else None)
+                     z_rate_weight=z_rate_weight, fills=fills)
     regularizer = None
     if source_model is not None:
         def regularizer(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -424,18 +396,13 @@ def train_codec(
             source_model.requires_grad_(True)
             return h_cond
 
-    if synthesis_only:
-        model.eval()  # the fixed parts as a coder runs them (GDN has no train-only behaviour either way)
-
     def train_step(step: int) -> dict:
         x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
-        if synthesis_only:
-            return synthesis_update(model, fills, x, step % (fills.levels + 1), opt, dist)
         return codec_update(model, x, step % levels, opt, aux_opt, objective, dist, regularizer, reg_alpha)
 
     def checkpoint(step: int):
         state = {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
-                 "aux_opt": aux_opt.state_dict() if aux_opt is not None else None, "step": step}
+                 "aux_opt": aux_opt.state_dict(), "step": step}
         if source_model is not None:
             state.update(source_model=source_model.state_dict(), source_opt=source_opt.state_dict())
         _atomic_torch_save(state, out_dir / "checkpoint.pt")
