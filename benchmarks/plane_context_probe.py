@@ -14,6 +14,7 @@ still falling slowly: not worth a format change (docs/training.md, session 20).
 
 import argparse
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -21,10 +22,9 @@ from PIL import Image
 from torch import nn
 
 from codec.data import CropSampler
-from codec.latent import PLANE_CUTS
+from codec.exact import ONE
 from codec.model import PAD_MULTIPLE
-from codec.plane_fills import PlaneFills
-from codec.planes import PlaneModel, plane_schedule
+from codec.planes import PlaneModel
 from codec.weights import gaussian_tables, load_float_model, scale_table
 from float_curves import IMAGES
 
@@ -51,7 +51,11 @@ def main():
     model = load_float_model(args.weights).eval().requires_grad_(False)
     tables, bounds = gaussian_tables()
     planes = PlaneModel(tables)
-    g = PlaneFills(planes, plane_schedule(planes, PLANE_CUTS), bounds)
+    g = SimpleNamespace(**{k: torch.from_numpy(np.ascontiguousarray(getattr(planes, k)))
+                           for k in ("lo", "hi", "planes", "half", "length")})
+    g.cum, g.cum_v = torch.from_numpy(planes.cum).double(), torch.from_numpy(planes.cum_v).double()
+    scale_bounds = torch.from_numpy(bounds).double()  # fixed point, as LatentCodec's
+    g.table_index = lambda scale: torch.searchsorted(scale_bounds, (scale.double() * ONE).contiguous())
     scales = torch.tensor(scale_table()).float()
     ratio = float(scales[1] / scales[0])
     M, H = model.cfg.M, model.cfg.hyper

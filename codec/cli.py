@@ -474,9 +474,6 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--freeze-transforms", "frozen_transforms", is_flag=True,
               help="Train only the entropy model (hyperprior, slice networks), not the analysis and "
                    "synthesis transforms.")
-@click.option("--plane-levels", is_flag=True,
-              help="Plane-layered weights: each step's level term is the plain decode of a number of plane "
-                   "layers (round robin, lambda from q1 to q8 as slices have it), not z alone.")
 @_device_option("auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
 def train_codec_cmd(data_dir, small, quiet, slices, layering, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler
-from .entropy import VALUE_LIMIT
 from .device import resolve_device
 from .errors import SiccError
 from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas, reset_constant_buffers
@@ -138,34 +137,23 @@ def freeze_transforms(model: ProgressiveCodec) -> ProgressiveCodec:
 
 def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float],
                      lpips=None, gammas: list[float] | None = None, full_weight: float = 0.5,
-                     z_rate_weight: float = 1.0, fills=None) -> dict:
+                     z_rate_weight: float = 1.0) -> dict:
     """full_weight * (full-file term) + (1 - full_weight) * (this step's level term); SIC uses 0.5.
     With `lpips` (an LPIPS module) each term also gets gamma * LPIPS of its reconstruction.
     `z_rate_weight` scales the hyperlatent's bits in the loss (the logged bpp stay true): layer 1 is
-    z alone, and LPIPS's large gamma at level 0 pulls bits into z (session 14: twice session 13's).
-    `lambdas` and `gammas` run over the levels, the last one the full file's. With `fills`
-    (plane_fills.PlaneFills, plane layering) a level k >= 1 is the plain decode of z and k plane
-    layers (straight through to the latent); its rate term stays z's alone, since those layers' bits
-    are a part of the full file's rate."""
-    plane_level = fills is not None and level > 0
-    out = model(x, None if plane_level else level)
-    if plane_level:
-        y_hat = out["y_hat"]
-        with torch.no_grad():
-            mean, scale = model.slice_params(0, out["hyper"], [])
-            v = torch.round(y_hat - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).long()
-            filled = mean + fills.residual(v, fills.table_index(scale), level).to(mean.dtype)
-        out["x_level"] = model._transform(model.g_s, y_hat + (filled - y_hat).detach())
+    z alone, and LPIPS's large gamma at level 0 pulls bits into z (session 14: twice session 13's)."""
+    out = model(x, level)
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
     z_bits = bits(out["likelihoods"]["z"])
     y_bits = [bits(l) for l in out["likelihoods"]["y"]]
     rate_full = (z_bits + sum(y_bits)) / pixels
-    rate_level = (z_bits + (0 if plane_level else sum(y_bits[:level]))) / pixels
+    rate_level = (z_bits + sum(y_bits[:level])) / pixels
     z_surcharge = (z_rate_weight - 1.0) * z_bits / pixels  # in both terms, whose weights sum to 1
     mse_full = torch.mean((out["x_full"] - x) ** 2)
     mse_level = torch.mean((out["x_level"] - x) ** 2)
+    S = len(model.cfg.slices)
     w_full, w_level = full_weight, 1.0 - full_weight
-    loss = (w_full * (rate_full + lambdas[-1] * 255**2 * mse_full)
+    loss = (w_full * (rate_full + lambdas[S] * 255**2 * mse_full)
             + w_level * (rate_level + lambdas[level] * 255**2 * mse_level)) + z_surcharge
     terms = {"bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
              "x_full": out["x_full"]}
@@ -175,20 +163,8 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
         # images; docs/training.md). Out-of-range pixels get only the MSE's gradient.
         terms["lpips_full"] = lpips(x, out["x_full"].clamp(0, 1)).mean()
         terms["lpips_level"] = lpips(x, out["x_level"].clamp(0, 1)).mean()
-        loss = loss + w_full * gammas[-1] * terms["lpips_full"] + w_level * gammas[level] * terms["lpips_level"]
+        loss = loss + w_full * gammas[S] * terms["lpips_full"] + w_level * gammas[level] * terms["lpips_level"]
     return {"loss": loss, **terms}
-
-
-def shipped_plane_fills(device):
-    """The plain decoder's fills for the shipped plane layering (latent.PLANE_CUTS), on `device`."""
-    from .latent import PLANE_CUTS
-    from .plane_fills import PlaneFills
-    from .planes import PlaneModel, plane_schedule
-    from .weights import gaussian_tables
-
-    gaussian, bounds = gaussian_tables()
-    planes = PlaneModel(gaussian)
-    return PlaneFills(planes, plane_schedule(planes, PLANE_CUTS), bounds).to(device)
 
 
 def psnr(mse: float) -> float:
@@ -327,7 +303,6 @@ def train_codec(
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
     device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0, frozen_transforms: bool = False,
-    plane_levels: bool = False,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
@@ -336,9 +311,7 @@ def train_codec(
     `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops.
     `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5);
     `z_rate_weight` multiplies the hyperlatent's bits in the loss; `frozen_transforms` trains only the
-    entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec;
-    `plane_levels` (plane layering) makes each step's level term the plain decode of a plane-layer
-    count, round robin (`progressive_loss` with `fills`), instead of z alone."""
+    entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec."""
     from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -347,8 +320,6 @@ def train_codec(
     cfg = model.cfg
     if frozen_transforms:
         freeze_transforms(model)
-    if plane_levels and cfg.layering != "planes":
-        raise SiccError("--plane-levels needs plane-layered weights")
     model.to(dist.device)
     dist.same_start(model)
     main, aux = split_parameters(model)
@@ -367,10 +338,8 @@ def train_codec(
     if source_model is not None:
         dist.same_start(source_model)
     sampler = CropSampler(data_dir, patch_size, seed=seed + step + 1_000_003 * dist.rank)
-    fills = shipped_plane_fills(dist.device) if plane_levels else None
-    levels = fills.levels if fills else len(cfg.slices)  # level terms: 0..levels - 1
-    lambdas = level_lambdas(levels)
-    gammas = level_gammas(levels, lpips_weight)
+    lambdas = level_lambdas(len(cfg.slices))
+    gammas = level_gammas(len(cfg.slices), lpips_weight)
     lpips = None
     if lpips_weight > 0:
         from .lpips import load_lpips
@@ -381,7 +350,7 @@ def train_codec(
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
 
     objective = dict(lambdas=lambdas, lpips=lpips, gammas=gammas, full_weight=full_weight,
-                     z_rate_weight=z_rate_weight, fills=fills)
+                     z_rate_weight=z_rate_weight)
     regularizer = None
     if source_model is not None:
         def regularizer(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -398,7 +367,7 @@ def train_codec(
 
     def train_step(step: int) -> dict:
         x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
-        return codec_update(model, x, step % levels, opt, aux_opt, objective, dist, regularizer, reg_alpha)
+        return codec_update(model, x, step % len(cfg.slices), opt, aux_opt, objective, dist, regularizer, reg_alpha)
 
     def checkpoint(step: int):
         state = {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),

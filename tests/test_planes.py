@@ -189,37 +189,3 @@ def test_chunked_coding_writes_the_same_stream(planes, monkeypatch):
     assert np.array_equal(state.a, v)
     again = decode_planes(whole[:6], t, model, schedule)
     assert np.array_equal(again.sample(np.random.default_rng(1)), drawn)
-
-
-def test_plane_fills_are_the_decoders_values(planes):
-    # training's tensor fills (plane_fills.py) against the coder's own decode of every prefix
-    from codec.plane_fills import PlaneFills
-
-    tables, model, schedule = planes
-    v, t = gaussian_symbols(20000, seed=4)
-    fills = PlaneFills(model, schedule, gaussian_tables()[1])
-    assert fills.levels == len(schedule)
-    payloads = encode_planes(v, t, model, schedule)
-    for k in range(len(schedule) + 1):
-        expected = decode_planes(payloads[:k], t, model, schedule).expected()
-        assert np.array_equal(fills.residual(torch.from_numpy(v), torch.from_numpy(t), k).numpy(), expected)
-
-
-def test_plane_levels_train_on_the_plain_decode_of_each_layer_count(plane_weights):
-    from codec.model import level_lambdas
-    from codec.train import progressive_loss, shipped_plane_fills
-
-    model = load_float_model(plane_weights).eval()
-    fills = shipped_plane_fills("cpu")
-    lambdas = level_lambdas(fills.levels)
-    x = _padded_tensor(np.asarray(photo(64, 64)))
-    # all plane layers: the decode is the full file's
-    full = progressive_loss(model, x, fills.levels, lambdas, fills=fills)
-    assert full["mse_level"].item() == pytest.approx(full["mse_full"].item(), rel=1e-6)
-    mses = [progressive_loss(model, x, k, lambdas, fills=fills)["mse_level"].item() for k in range(fills.levels)]
-    assert len(set(mses)) > 6 and mses[0] != mses[-1]
-    # with no full-file term and z free of charge the loss is the level's distortion alone, and it
-    # reaches the analysis transform straight through the intervals
-    loss = progressive_loss(model, x, 6, lambdas, full_weight=0.0, z_rate_weight=0.0, fills=fills)["loss"]
-    loss.backward()
-    assert model.g_a[0].weight.grad.abs().sum() > 0
