@@ -6,8 +6,8 @@ codec frozen; prints the estimated bits of each plane on six Kodak images, z alo
 
     python benchmarks/plane_context_probe.py WEIGHTS MINUTES [--hidden 96] [--lr 1e-3]
 
-Estimated rates (continuous Gaussians on the coder's grid), one thread. Session 20, on its shipped
-file (`python benchmarks/plane_context_probe.py runs/gpu-s20/p2/P3.safetensors 12`): 899 steps in 12
+Estimated rates (continuous Gaussians on the coder's grid), one thread. Session 20, on its GPU file
+(`python benchmarks/plane_context_probe.py runs/gpu-s20/p2/P3.safetensors 12`): 899 steps in 12
 minutes moved planes 3, 2 and 1 by -2.0 %, -0.9 % and -0.1 % (1.950 -> 1.937 bpp over the three, -0.7 %),
 still falling slowly: not worth a format change (docs/training.md, session 20).
 """
