@@ -57,7 +57,6 @@ class ModelConfig:
         return cls(**d)
 
 
-
 # A tiny model for tests and smoke runs (untrained it still codes exactly).
 TINY_CONFIG = ModelConfig(N=16, M=32, Z=16, hyper=16, slices=(8, 8, 16), slice_hidden=(16, 16))
 
