@@ -19,14 +19,15 @@ from PIL import Image
 from codec.evaluate import bd_rate
 from codec.lpips import load_lpips
 from codec.model import reset_constant_buffers
-from codec.refine import layer_points, refine_latents
+from codec.refine import layer_points, plane_layer_points, refine_latents
 from codec.train import psnr
-from codec.weights import load_float_model
+from codec.weights import load_codec, load_float_model
 
 
 def main(path: str, name: str, iters: int, lr: float, crop: int, lpips_weight: float = 0.0):
     torch.set_num_threads(1)
     model = reset_constant_buffers(load_float_model(path))  # the fp16 likelihood floor is 0
+    fills = load_codec(path).plane_fills()  # plane layering: the decoder's fills and bits as tensors
     lpips = load_lpips()
     x = torch.from_numpy(np.array(Image.open(f"../shared/data/kodak/{name}.png").convert("RGB")))
     x = x.permute(2, 0, 1)[None].float()[:, :, :crop, :crop] / 255
@@ -34,13 +35,14 @@ def main(path: str, name: str, iters: int, lr: float, crop: int, lpips_weight: f
     def curve(y, z):
         with torch.no_grad():
             return [(b.item(), psnr(torch.mean((x_hat - x) ** 2).item()), lpips(x, x_hat.clamp(0, 1)).item())
-                    for b, x_hat in layer_points(model, x, y, z)]
+                    for b, x_hat in (layer_points(model, x, y, z) if fills is None else
+                                     plane_layer_points(model, fills, x, y, z, range(fills.levels + 1)))]
 
     with torch.no_grad():
         y = model.g_a(x)
         z = model.h_a(y)
     start = time.time()
-    y_refined, z_refined = refine_latents(model, x, y, z, iters, lr, lpips_weight)
+    y_refined, z_refined = refine_latents(model, x, y, z, iters, lr, lpips_weight, fills)
     seconds = time.time() - start
     before, after = curve(y, z), curve(y_refined, z_refined)
     print(f"{name} top-left {crop}², {iters} steps at lr {lr}, LPIPS weight {lpips_weight}: {seconds:.0f} s")

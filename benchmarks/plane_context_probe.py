@@ -24,6 +24,7 @@ from torch import nn
 from codec.data import CropSampler
 from codec.exact import ONE
 from codec.model import PAD_MULTIPLE
+from codec.plane_fills import gaussian_interval_mass
 from codec.planes import PlaneModel
 from codec.weights import gaussian_tables, load_float_model, scale_table
 from float_curves import IMAGES
@@ -32,11 +33,8 @@ PLANES = (3, 2, 1)
 
 
 def mass(d, s, p, q):
-    """P(p <= round(N(d, s)) <= q), in the tail it lies in."""
-    hi, lo = (q + 0.5 - d) / s, (p - 0.5 - d) / s
-    left = torch.special.ndtr(hi) - torch.special.ndtr(lo)
-    right = torch.special.ndtr(-lo) - torch.special.ndtr(-hi)
-    return torch.where(lo + hi > 0, right, left).clamp_min(1e-9)
+    """P(p <= round(N(d, s)) <= q)."""
+    return gaussian_interval_mass((p - 0.5 - d) / s, (q + 0.5 - d) / s).clamp_min(1e-9)
 
 
 def main():

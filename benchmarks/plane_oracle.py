@@ -20,6 +20,7 @@ from PIL import Image
 
 from codec.evaluate import bd_rate
 from codec.model import bits
+from codec.plane_fills import gaussian_interval_mass
 from codec.train import psnr
 from codec.weights import load_float_model
 from float_curves import IMAGES, level_curve
@@ -35,7 +36,7 @@ def phi(t):
 
 def mass(a, b, s):
     """P(a <= q <= b) for q = round(N(0, s))."""
-    return (torch.special.ndtr((b + 0.5) / s) - torch.special.ndtr((a - 0.5) / s)).clamp_min(1e-300)
+    return gaussian_interval_mass((a - 0.5) / s, (b + 0.5) / s).clamp_min(1e-300)
 
 
 def interval_mean(a, b, s):

@@ -77,6 +77,15 @@ class LatentCodec:
         """Layers of a full file: z, then one per slice or per plane layer."""
         return 1 + (len(self.schedule) if self.planes else len(self.cfg.slices))
 
+    def plane_fills(self):
+        """This codec's plane decoder as tensors on its device (plane_fills.py), for refinement; None
+        for slice layering."""
+        if self.planes is None:
+            return None
+        from .plane_fills import PlaneFills
+
+        return PlaneFills(self.planes, self.schedule, self.scale_bounds.numpy()).to(self.device)
+
     def to(self, device) -> "LatentCodec":
         self.device = torch.device(device)
         # channels_last: oneDNN's fast convolutions (CPU synthesis 25 % faster, session 8)
@@ -99,11 +108,6 @@ class LatentCodec:
 
     def encode_latent(self, x: torch.Tensor, refine_steps: int = 0) -> tuple[list[bytes], torch.Tensor]:
         """`encode`, also returning the fixed-point latent y_hat that the decoder will rebuild."""
-        if refine_steps > 0 and self.planes is not None:
-            # Its objective for one slice is the full file alone, and at REFINE_LR that made the full
-            # file's cost on a Kodak crop 3.9 % worse (session 19); it needs its own tuning first.
-            raise SiccError("--refine is not available for plane-layered weights yet; slice-layered weights "
-                            "(e.g. sicc-base-lpips) take it")
         x = self._float_input(x)
         with torch.inference_mode(), one_intra_op_thread():
             y = apply_tiled(self.model.g_a, x, 1, 16, TILE_PX, ANALYSIS_MARGIN_PX)
@@ -113,7 +117,7 @@ class LatentCodec:
 
             with one_intra_op_thread():  # inference tensors take no gradients: refine copies
                 y, z = refine_latents(self.model, x.clone(), y.clone(), z.clone(), refine_steps,
-                                      lpips_weight=self.lpips_weight)
+                                      lpips_weight=self.lpips_weight, fills=self.plane_fills())
         return self._code_latents(y, z)
 
     @torch.inference_mode()

@@ -189,3 +189,33 @@ def test_chunked_coding_writes_the_same_stream(planes, monkeypatch):
     assert np.array_equal(state.a, v)
     again = decode_planes(whole[:6], t, model, schedule)
     assert np.array_equal(again.sample(np.random.default_rng(1)), drawn)
+
+
+def test_plane_fills_are_the_decoders_values_and_estimate_its_bits(planes):
+    # refinement's tensor version of the plane decoder (plane_fills.py) against the coder itself:
+    # the same value in every element after every prefix, and about the bits those prefixes take
+    from codec.plane_fills import PlaneFills
+    from codec.weights import scale_table
+
+    tables, model, schedule = planes
+    v, t = gaussian_symbols(20000, seed=4)
+    fills = PlaneFills(model, schedule, gaussian_tables()[1])
+    assert fills.levels == len(schedule)
+    payloads = encode_planes(v, t, model, schedule)
+    vt, tt = torch.from_numpy(v), torch.from_numpy(t)
+    sigma = torch.from_numpy(scale_table()[t])
+    coded = 0
+    for k in range(len(schedule) + 1):
+        expected = decode_planes(payloads[:k], t, model, schedule).expected()
+        assert np.array_equal(fills.residual(vt, tt, k).numpy(), expected)
+        estimate = fills.bits(vt[4:].double(), sigma[4:], tt[4:], k, noisy=False).item()
+        coded += 8 * len(payloads[k - 1]) if k else 0
+        assert estimate == pytest.approx(coded, rel=0.02, abs=200)  # the 4 escapes: about 80 bits
+    # no plane coded, no bits, with noise or without
+    assert fills.bits(vt.double(), sigma, tt, 0, noisy=True).item() == 0.0
+    # the proxy (uniform noise of the interval width, as in training) charges somewhat more, with a gradient
+    residual = (vt[4:].double() + 0.3).requires_grad_(True)
+    noisy = fills.bits(residual, sigma[4:], tt[4:], 6, noisy=True)
+    noisy.backward()
+    exact = fills.bits(vt[4:].double(), sigma[4:], tt[4:], 6, noisy=False).item()
+    assert noisy.item() == pytest.approx(exact, rel=0.1) and residual.grad.abs().sum() > 0
