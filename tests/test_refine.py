@@ -82,7 +82,8 @@ def test_the_plane_objective_sees_the_decoders_bits_and_pixels():
     ref = np.asarray(img, dtype=np.float64) / 255
     for k, (bpp, x_hat) in enumerate(points, start=1):
         coded = 8 * sum(len(p) for p in payloads[:k])
-        assert bpp.item() * 128 * 128 == pytest.approx(coded, rel=0.03, abs=64)
+        # each payload is whole 32-bit words and ends with the range coder's state: up to ~3 words a layer
+        assert bpp.item() * 128 * 128 == pytest.approx(coded, rel=0.03, abs=96 * k)
         decoded = np.asarray(decode_image(truncate(data, layers=k), weights=weights), dtype=np.float64) / 255
         ours = np.round(x_hat.clamp(0, 1)[0].permute(1, 2, 0).double().numpy() * 255) / 255  # 8-bit, as decoded
         assert np.mean((ours - ref) ** 2) == pytest.approx(np.mean((decoded - ref) ** 2), rel=0.03)
