@@ -21,6 +21,12 @@ from codec.weights import load_float_model
 IMAGES = ["kodim01", "kodim05", "kodim07", "kodim13", "kodim19", "kodim23"]
 
 
+def kodak_image(name: str) -> torch.Tensor:
+    """A Kodak image as [1, 3, H, W] in [0, 1]."""
+    rgb = np.array(Image.open(f"../shared/data/kodak/{name}.png").convert("RGB"))
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+
+
 def level_curve(path: str, images: list[torch.Tensor]) -> tuple[list[tuple[float, float]], list[float]]:
     """Mean (bpp, PSNR) per layer count, and mean bits per element of each slice."""
     model = load_float_model(path).eval()
@@ -44,8 +50,7 @@ def level_curve(path: str, images: list[torch.Tensor]) -> tuple[list[tuple[float
 
 def main(paths: list[str]):
     torch.set_num_threads(1)
-    images = [torch.from_numpy(np.array(Image.open(f"../shared/data/kodak/{n}.png").convert("RGB")))
-              .permute(2, 0, 1)[None].float() / 255 for n in IMAGES]
+    images = [kodak_image(n) for n in IMAGES]
     first = None
     for path in paths:
         curve, per_slice = level_curve(path, images)

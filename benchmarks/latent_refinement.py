@@ -12,9 +12,7 @@ equal LPIPS. One crop: screening, not a published number.
 import sys
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 
 from codec.evaluate import bd_rate
 from codec.lpips import load_lpips
@@ -22,6 +20,7 @@ from codec.model import reset_constant_buffers
 from codec.refine import layer_points, plane_layer_points, refine_latents
 from codec.train import psnr
 from codec.weights import load_codec, load_float_model
+from float_curves import kodak_image
 
 
 def main(path: str, name: str, iters: int, lr: float, crop: int, lpips_weight: float = 0.0):
@@ -29,8 +28,7 @@ def main(path: str, name: str, iters: int, lr: float, crop: int, lpips_weight: f
     model = reset_constant_buffers(load_float_model(path))  # the fp16 likelihood floor is 0
     fills = load_codec(path).plane_fills()  # plane layering: the decoder's fills and bits as tensors
     lpips = load_lpips()
-    x = torch.from_numpy(np.array(Image.open(f"../shared/data/kodak/{name}.png").convert("RGB")))
-    x = x.permute(2, 0, 1)[None].float()[:, :, :crop, :crop] / 255
+    x = kodak_image(name)[:, :, :crop, :crop]
 
     def curve(y, z):
         with torch.no_grad():

@@ -14,20 +14,15 @@ still falling slowly: not worth a format change (docs/training.md, session 20).
 
 import argparse
 import time
-from types import SimpleNamespace
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from codec.data import CropSampler
-from codec.exact import ONE
 from codec.model import PAD_MULTIPLE
 from codec.plane_fills import gaussian_interval_mass
-from codec.planes import PlaneModel
-from codec.weights import gaussian_tables, load_float_model, scale_table
-from float_curves import IMAGES
+from codec.weights import load_codec, load_float_model, scale_table
+from float_curves import IMAGES, kodak_image
 
 PLANES = (3, 2, 1)
 
@@ -47,13 +42,7 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = load_float_model(args.weights).eval().requires_grad_(False)
-    tables, bounds = gaussian_tables()
-    planes = PlaneModel(tables)
-    g = SimpleNamespace(**{k: torch.from_numpy(np.ascontiguousarray(getattr(planes, k)))
-                           for k in ("lo", "hi", "planes", "half", "length")})
-    g.cum, g.cum_v = torch.from_numpy(planes.cum).double(), torch.from_numpy(planes.cum_v).double()
-    scale_bounds = torch.from_numpy(bounds).double()  # fixed point, as LatentCodec's
-    g.table_index = lambda scale: torch.searchsorted(scale_bounds, (scale.double() * ONE).contiguous())
+    g = load_codec(args.weights).plane_fills()
     scales = torch.tensor(scale_table()).float()
     ratio = float(scales[1] / scales[0])
     M, H = model.cfg.M, model.cfg.hyper
@@ -64,18 +53,7 @@ def main():
 
     def coarse(v, t, m):
         """Each value's table mean inside its interval when the coder reaches plane m."""
-        escaped = (v < g.lo[t]) | (v > g.hi[t])
-        a, b = interval(v.clamp(-g.half[t], g.half[t]), t, 3**m)
-        full = g.planes[t] < m
-        a, b = torch.where(full, -g.half[t], a), torch.where(full, g.half[t], b)
-        known = escaped & (g.planes[t] > m)
-        a, b = torch.where(known, v, a), torch.where(known, v, b)
-        ia = (a - g.lo[t]).clamp(min=0).minimum(g.length[t])
-        ib = (b - g.lo[t] + 1).clamp(min=0).minimum(g.length[t]).maximum(ia)
-        stride = g.cum.shape[1]
-        w = g.cum.flatten()[t * stride + ib] - g.cum.flatten()[t * stride + ia]
-        s = g.cum_v.flatten()[t * stride + ib] - g.cum_v.flatten()[t * stride + ia]
-        return torch.where(a == b, a.double(), torch.where(w > 0, s / w.clamp(min=1), (a + b).double() / 2)).float()
+        return g.interval_mean(v, t, 3 ** g.planes[t].clamp(max=m)).float()
 
     def plane_bits(v, t, m, d, s):
         active = (g.planes[t] >= m) & (v >= g.lo[t]) & (v <= g.hi[t])
@@ -111,8 +89,7 @@ def main():
     def evaluate():
         tot, pixels = {m: [0.0, 0.0] for m in PLANES}, 0
         for name in IMAGES:
-            rgb = np.array(Image.open(f"../shared/data/kodak/{name}.png").convert("RGB"))
-            x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+            x = kodak_image(name)
             h, w = x.shape[2:]
             x = torch.nn.functional.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE), mode="replicate")
             pixels += h * w

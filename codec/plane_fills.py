@@ -63,7 +63,12 @@ class PlaneFills:
 
     def residual(self, v: torch.Tensor, t: torch.Tensor, level: int) -> torch.Tensor:
         """The plain decoder's value of every symbol v (table t) after `level` plane layers (float64)."""
-        width, half = self.width[level][t], self.half[t]
+        return self.interval_mean(v, t, self.width[level][t])
+
+    def interval_mean(self, v: torch.Tensor, t: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+        """Each symbol v's table mean inside its interval of `width` (a power of 3 up to its table's
+        3^n_t, where no plane of it is coded; an escape is known once a plane of it is)."""
+        half = self.half[t]
         a = -half + torch.div(v.clamp(-half, half) + half, width, rounding_mode="floor") * width
         b = a + width - 1
         known = ((v < self.lo[t]) | (v > self.hi[t])) & (width < 3 ** self.planes[t])
