@@ -474,6 +474,9 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--freeze-transforms", "frozen_transforms", is_flag=True,
               help="Train only the entropy model (hyperprior, slice networks), not the analysis and "
                    "synthesis transforms.")
+@click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
+              help="Export an exponential moving average of the weights with this decay per step, e.g. 0.999 "
+                   "(0: the weights themselves).")
 @_device_option("auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
 def train_codec_cmd(data_dir, small, quiet, slices, layering, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""

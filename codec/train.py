@@ -214,6 +214,27 @@ def codec_update(model: ProgressiveCodec, x: torch.Tensor, level: int, opt: torc
             **{k: terms[k].item() for k in ("lpips_full", "lpips_level") if k in terms}}
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights: w_avg <- decay * w_avg + (1 - decay) * w after
+    every step, the noise of the last ~1/(1 - decay) steps averaged out (a cheap stand-in for a lower
+    learning rate at the end of a run). Starts from `state` (a checkpoint's average) or the model."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, state: dict | None = None):
+        if not 0 < decay < 1:
+            raise SiccError(f"the weight average's decay must lie in (0, 1), not {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        if state is not None:
+            self.model.load_state_dict(state)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        for avg, w in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(w, 1 - self.decay)
+        for avg, b in zip(self.model.buffers(), model.buffers()):
+            avg.copy_(b)
+
+
 def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt, lr: float, progress: bool,
               max_minutes: float | None, checkpoint_minutes: float, log_every: int,
               dist: Distributed | None = None) -> int:
@@ -303,6 +324,7 @@ def train_codec(
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
     device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0, frozen_transforms: bool = False,
+    ema: float = 0.0,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
@@ -311,7 +333,9 @@ def train_codec(
     `device` "auto" takes CUDA when there is one; under torchrun each rank trains on its own crops.
     `full_weight` splits each step's loss between the full file and the step's level (SIC: 0.5);
     `z_rate_weight` multiplies the hyperlatent's bits in the loss; `frozen_transforms` trains only the
-    entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec."""
+    entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec. `ema` > 0
+    keeps an exponential moving average of the weights with that decay per step (`WeightAverage`), and
+    the exported weights are the average's."""
     from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -337,6 +361,7 @@ def train_codec(
             source_opt.load_state_dict(state["source_opt"])
     if source_model is not None:
         dist.same_start(source_model)
+    average = WeightAverage(model, ema, state.get("ema") if state else None) if ema > 0 else None
     sampler = CropSampler(data_dir, patch_size, seed=seed + step + 1_000_003 * dist.rank)
     lambdas = level_lambdas(len(cfg.slices))
     gammas = level_gammas(len(cfg.slices), lpips_weight)
@@ -367,15 +392,20 @@ def train_codec(
 
     def train_step(step: int) -> dict:
         x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
-        return codec_update(model, x, step % len(cfg.slices), opt, aux_opt, objective, dist, regularizer, reg_alpha)
+        record = codec_update(model, x, step % len(cfg.slices), opt, aux_opt, objective, dist, regularizer, reg_alpha)
+        if average is not None:
+            average.update(model)
+        return record
 
     def checkpoint(step: int):
         state = {"config": cfg.to_json(), "model": model.state_dict(), "opt": opt.state_dict(),
                  "aux_opt": aux_opt.state_dict(), "step": step}
         if source_model is not None:
             state.update(source_model=source_model.state_dict(), source_opt=source_opt.state_dict())
+        if average is not None:
+            state["ema"] = average.model.state_dict()
         _atomic_torch_save(state, out_dir / "checkpoint.pt")
-        export_weights(model, out_dir / "weights.safetensors", lpips_weight)
+        export_weights(average.model if average else model, out_dir / "weights.safetensors", lpips_weight)
 
     _run_loop(out_dir, steps, step, train_step, checkpoint, opt, lr, progress, max_minutes, checkpoint_minutes,
               log_every, dist)

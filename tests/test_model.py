@@ -228,3 +228,32 @@ def test_z_tables_cover_the_learned_density():
     escape = tabs.counts[np.arange(TINY_CONFIG.Z), tabs.lengths]
     assert (escape <= 8).all() and (tabs.counts.sum(axis=1) == TOTAL).all()  # tail mass ~1e-6 per table
     assert (tabs.offsets < 0).all() and (tabs.offsets + tabs.lengths > 0).all()  # the median is inside
+
+
+def test_the_exported_weights_are_the_runs_moving_average_and_a_resume_continues_it(tmp_path):
+    from codec.train import WeightAverage, train_codec
+    from codec.weights import load_float_model
+
+    from .conftest import photo_dir
+
+    model = ProgressiveCodec(TINY_CONFIG)
+    average = WeightAverage(model, 0.75)
+    start = model.g_s[0].weight.detach().clone()
+    with torch.no_grad():
+        model.g_s[0].weight.add_(1.0)
+    average.update(model)
+    assert torch.allclose(average.model.g_s[0].weight, start + 0.25)
+    average.update(model)
+    assert torch.allclose(average.model.g_s[0].weight, start + 1 - 0.75**2)
+
+    data, out, name = photo_dir(tmp_path / "data", 2, 96, 96), tmp_path / "run", "g_s.0.weight"
+    run = dict(batch_size=1, patch_size=64, cfg=TINY_CONFIG, progress=False, lr=1e-2, ema=0.5)
+    train_codec(data, out, steps=3, **run)
+    first = torch.load(out / "checkpoint.pt", weights_only=False)
+    exported = load_float_model(out / "weights.safetensors").state_dict()[name]
+    assert torch.equal(exported, first["ema"][name].half().float())
+    assert not torch.equal(exported, first["model"][name].half().float())
+    train_codec(data, out, steps=4, resume=out / "checkpoint.pt", **run)
+    second = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert second["step"] == 4
+    assert torch.allclose(second["ema"][name], 0.5 * first["ema"][name] + 0.5 * second["model"][name])
