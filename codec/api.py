@@ -15,6 +15,7 @@ from . import container
 from .container import Header, choose_layer_count, keep_layers
 from .errors import SiccError
 from .imageio import SourceImage, from_pil, pack_alpha, read_image, to_pil, unpack_alpha
+from .memory import prepare_for_image
 from .model import PAD_MULTIPLE
 from .weights import find_weights_by_id, load_codec
 
@@ -64,6 +65,7 @@ def encode_image(image, *, weights: Path | None = None, layers: int | None = Non
     codec = load_codec(weights, resolve_device(device))
     src = _source(image)
     h, w, _ = src.rgb.shape
+    prepare_for_image(h * w)
     payloads = codec.encode(_padded_tensor(src.rgb), refine)
     extras = {}
     if src.alpha is not None:
@@ -113,6 +115,7 @@ def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None
         raise SiccError(cont.problem + hint)
     header = cont.header
     k = min(choose_layer_count(header, layers, bpp, nbytes), cont.intact)
+    prepare_for_image(header.width * header.height)
     if perceptual:
         from .device import resolve_device
         from .perceptual import invert, prior_for
