@@ -271,7 +271,10 @@ def test_ctrl_c_stops_a_batch_and_leaves_only_complete_files(tmp_path, tiny_weig
         photo(512, 384, seed=i).save(sources[-1])
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", "from codec.cli import main; main()", "encode", *map(str, sources),
+    # Ctrl-C as a terminal delivers it: a shell's background jobs (`pytest ... &`) start with SIGINT
+    # ignored, which the child would inherit and rightly keep
+    child = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from codec.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", child, "encode", *map(str, sources),
                              "-o", str(out), "--weights", str(tiny_weights), "-j", jobs],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
