@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from codec.api import _padded_tensor
 from codec.evaluate import bd_rate
 from codec.model import bits
 from codec.train import psnr
@@ -21,9 +22,11 @@ from codec.weights import load_float_model
 IMAGES = ["kodim01", "kodim05", "kodim07", "kodim13", "kodim19", "kodim23"]
 
 
-def kodak_image(name: str) -> torch.Tensor:
-    """A Kodak image as [1, 3, H, W] in [0, 1]."""
+def kodak_image(name: str, padded: bool = False) -> torch.Tensor:
+    """A Kodak image as [1, 3, H, W] in [0, 1]; `padded`: as the encoder pads it (to the network's grid)."""
     rgb = np.array(Image.open(f"../shared/data/kodak/{name}.png").convert("RGB"))
+    if padded:
+        return _padded_tensor(rgb)
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
 
 

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from codec.data import CropSampler
-from codec.model import PAD_MULTIPLE
 from codec.plane_fills import gaussian_interval_mass
 from codec.weights import load_codec, load_float_model, scale_table
 from float_curves import IMAGES, kodak_image
@@ -89,9 +88,8 @@ def main():
     def evaluate():
         tot, pixels = {m: [0.0, 0.0] for m in PLANES}, 0
         for name in IMAGES:
-            x = kodak_image(name)
-            h, w = x.shape[2:]
-            x = torch.nn.functional.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE), mode="replicate")
+            h, w = kodak_image(name).shape[2:]
+            x = kodak_image(name, padded=True)
             pixels += h * w
             hyper, mu, v, t = latents(x)
             with torch.no_grad():

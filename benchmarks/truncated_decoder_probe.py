@@ -40,7 +40,7 @@ from torch import nn
 from codec.data import CropSampler
 from codec.entropy import VALUE_LIMIT
 from codec.evaluate import bd_rate
-from codec.model import PAD_MULTIPLE, bits
+from codec.model import bits
 from codec.train import psnr
 from codec.weights import load_codec, load_float_model
 from float_curves import IMAGES, kodak_image
@@ -127,8 +127,7 @@ def main():
     for name in IMAGES:
         x = kodak_image(name)
         h, w = x.shape[2:]
-        xp = torch.nn.functional.pad(x, (0, -w % PAD_MULTIPLE, 0, -h % PAD_MULTIPLE), mode="replicate")
-        lat = latents(xp)
+        lat = latents(kodak_image(name, padded=True))
         hyper, mean, scale, sym, t, z_bits = lat
         rates = [float(z_bits + fills.bits(sym.double(), scale.double(), t, k, noisy=False)) / (h * w)
                  for k in range(L + 1)]
