@@ -1,6 +1,8 @@
 """Quick screening of codec weights between full evaluations: every layer's rate and PSNR through the
 float network (estimated rates under rounding, which the real decode matches), on six Kodak images,
-with each slice's bits per latent element and the BD-rate of every file against the first.
+with the bits per latent element that each layer adds and the BD-rate of every file against the first.
+Slice-layered and plane-layered weights alike (a plane-layered layer k is the plain decoder's: each
+value's table mean inside the interval that k plane layers leave, `PlaneFills.residual`).
 
     python benchmarks/float_curves.py weights/sicc-base.safetensors runs/X/weights.safetensors
 
@@ -8,16 +10,22 @@ About a minute per file on one free core. Screening only: `sicc eval` gives the 
 """
 
 import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from codec.api import _padded_tensor
+from codec.data import CropSampler
+from codec.entropy import VALUE_LIMIT
 from codec.evaluate import bd_rate
-from codec.model import bits
+from codec.model import ProgressiveCodec, bits
+from codec.plane_fills import PlaneFills
 from codec.train import psnr
-from codec.weights import load_float_model
+from codec.weights import load_codec, load_float_model
 
 IMAGES = ["kodim01", "kodim05", "kodim07", "kodim13", "kodim19", "kodim23"]
 
@@ -30,9 +38,45 @@ def kodak_image(name: str, padded: bool = False) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
 
 
+@dataclass
+class PlaneLatents:
+    """What a plane-layered encoder codes for an image: y's symbols around z's means, with their tables."""
+    hyper: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+    symbols: torch.Tensor
+    tables: torch.Tensor
+    z_bits: float
+
+
+def plane_latents(model: ProgressiveCodec, fills: PlaneFills, x: torch.Tensor) -> PlaneLatents:
+    """`x` padded as the encoder pads it (kodak_image(..., padded=True))."""
+    with torch.no_grad():
+        y = model.g_a(x)
+        hyper = model.decoded_hyper(y)
+        mean, scale = model.slice_params(0, hyper, [])
+        scale = model.scale_bound(scale)
+        symbols = torch.round(y - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).long()
+        z_bits = bits(model.entropy_bottleneck(model.h_a(y))[1]).item()
+    return PlaneLatents(hyper, mean, scale, symbols, fills.table_index(scale), z_bits)
+
+
+def plane_decode(model: ProgressiveCodec, fills: PlaneFills, lat: PlaneLatents, level: int) -> torch.Tensor:
+    """The plain decoder's image after `level` plane layers (padded; not clamped)."""
+    return model.g_s(lat.mean + fills.residual(lat.symbols, lat.tables, level).float())
+
+
+def plane_bits(fills: PlaneFills, lat: PlaneLatents, level: int) -> float:
+    """Estimated bits of a file of `level` plane layers (z included)."""
+    return lat.z_bits + float(fills.bits(lat.symbols.double(), lat.scale.double(), lat.tables, level, noisy=False))
+
+
 def level_curve(path: str, images: list[torch.Tensor]) -> tuple[list[tuple[float, float]], list[float]]:
-    """Mean (bpp, PSNR) per layer count, and mean bits per element of each slice."""
+    """Mean (bpp, PSNR) per layer count, and the mean bits per latent element that each layer after
+    the first adds (slice-layered: per element of its slice)."""
     model = load_float_model(path).eval()
+    if model.cfg.layering == "planes":
+        return _plane_level_curve(model, load_codec(path).plane_fills(), images)
     slices = model.cfg.slices
     points = np.zeros((len(slices) + 1, 2))
     slice_bits = np.zeros(len(slices))
@@ -51,15 +95,53 @@ def level_curve(path: str, images: list[torch.Tensor]) -> tuple[list[tuple[float
     return [tuple(p) for p in points], list(slice_bits / len(images))
 
 
+def _plane_level_curve(model: ProgressiveCodec, fills: PlaneFills, images: list[torch.Tensor]):
+    points = np.zeros((fills.levels + 1, 2))
+    with torch.no_grad():
+        for x in images:
+            h, w = x.shape[2:]
+            lat = plane_latents(model, fills, _padded_tensor(_rgb(x)))
+            for level in range(fills.levels + 1):
+                rec = plane_decode(model, fills, lat, level)[..., :h, :w].clamp(0, 1)
+                points[level] += (plane_bits(fills, lat, level) / (h * w), psnr(((rec - x) ** 2).mean().item()))
+    points /= len(images)
+    elements = model.cfg.M / 256  # latent elements per pixel
+    added = [(b - a) / elements for a, b in zip(points[:-1, 0], points[1:, 0])]
+    return [tuple(p) for p in points], added
+
+
+def train_for_minutes(minutes: float, batch: int, patch: int, seed: int, loss_of: Callable, opt,
+                      evaluate: Callable[[], str], every: int, after_report: Callable[[], None] = lambda: None):
+    """The probes' loop: Adam steps on random training crops until the time is up, printing
+    `evaluate()` every `every` steps and at the end (then `after_report()`, e.g. a save)."""
+    sampler = CropSampler("../shared/data/train", patch, seed=seed)
+    t0, step = time.time(), 0
+    while time.time() - t0 < minutes * 60:
+        loss = loss_of(sampler.batch(batch))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % every == 0:
+            print(step, f"{time.time() - t0:.0f} s", evaluate(), flush=True)
+            after_report()
+    print("end", step, evaluate(), flush=True)
+    after_report()
+
+
+def _rgb(x: torch.Tensor) -> np.ndarray:
+    return (x[0].permute(1, 2, 0) * 255).round().byte().numpy()
+
+
 def main(paths: list[str]):
     torch.set_num_threads(1)
     images = [kodak_image(n) for n in IMAGES]
     first = None
     for path in paths:
-        curve, per_slice = level_curve(path, images)
+        curve, per_layer = level_curve(path, images)
         print(path)
         print("  layers 1..: " + " ".join(f"{b:.3f}/{q:.2f}" for b, q in curve))
-        print("  bits per element of each slice: " + " ".join(f"{b:.2f}" for b in per_slice))
+        print("  bits per latent element each layer adds: " + " ".join(f"{b:.2f}" for b in per_layer))
         if first is None:
             first = curve
         else:

@@ -13,15 +13,13 @@ still falling slowly: not worth a format change (docs/training.md, session 20).
 """
 
 import argparse
-import time
 
 import torch
 from torch import nn
 
-from codec.data import CropSampler
 from codec.plane_fills import gaussian_interval_mass
 from codec.weights import load_codec, load_float_model, scale_table
-from float_curves import IMAGES, kodak_image
+from float_curves import IMAGES, kodak_image, plane_latents, train_for_minutes
 
 PLANES = (3, 2, 1)
 
@@ -74,11 +72,8 @@ def main():
     nets = nn.ModuleDict({str(m): net() for m in PLANES})
 
     def latents(x):
-        with torch.no_grad():
-            y = model.g_a(x)
-            hyper = model.decoded_hyper(y)
-            mu, sc = model.slice_params(0, hyper, [])
-            return hyper, mu, torch.round(y - mu).long(), g.table_index(sc)
+        lat = plane_latents(model, g, x)
+        return lat.hyper, lat.mean, lat.symbols, lat.tables
 
     def refined(m, hyper, mu, v, t):
         r = coarse(v, t, m)
@@ -98,21 +93,12 @@ def main():
                     tot[m][1] += float(plane_bits(v, t, m, *refined(m, hyper, mu, v, t)).sum())
         return "  ".join(f"plane {m}: {a / pixels:.4f} -> {b / pixels:.4f} bpp" for m, (a, b) in tot.items())
 
-    sampler = CropSampler("../shared/data/train", 256, seed=7)
-    opt = torch.optim.Adam(nets.parameters(), lr=args.lr)
-    print("start", evaluate(), flush=True)
-    t0, step = time.time(), 0
-    while time.time() - t0 < args.minutes * 60:
-        x = sampler.batch(8)
+    def loss_of(x):
         hyper, mu, v, t = latents(x)
-        loss = sum(plane_bits(v, t, m, *refined(m, hyper, mu, v, t)).sum() for m in PLANES) / (8 * 256 * 256)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 500 == 0:
-            print(step, f"{time.time() - t0:.0f} s", evaluate(), flush=True)
-    print("end", step, evaluate(), flush=True)
+        return sum(plane_bits(v, t, m, *refined(m, hyper, mu, v, t)).sum() for m in PLANES) / (x.shape[0] * x.shape[2] * x.shape[3])
+
+    print("start", evaluate(), flush=True)
+    train_for_minutes(args.minutes, 8, 256, 7, loss_of, torch.optim.Adam(nets.parameters(), lr=args.lr), evaluate, 500)
 
 
 if __name__ == "__main__":

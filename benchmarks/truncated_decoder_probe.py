@@ -31,19 +31,15 @@ transform. (Session 20 fine-tuned g_s itself on every layer count: up to +0.12 d
 
 import argparse
 import copy
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from codec.data import CropSampler
-from codec.entropy import VALUE_LIMIT
 from codec.evaluate import bd_rate
-from codec.model import bits
 from codec.train import psnr
 from codec.weights import load_codec, load_float_model
-from float_curves import IMAGES, kodak_image
+from float_curves import IMAGES, kodak_image, plane_bits, plane_decode, plane_latents, train_for_minutes
 
 
 class WidthAwareSynthesis(nn.Module):
@@ -104,34 +100,21 @@ def main():
         groups = [{"params": trained.g_s.parameters(), "lr": args.gs_lr},
                   {"params": trained.width_in.parameters(), "lr": args.lr}]
 
-    def latents(x):
-        with torch.no_grad():
-            y = model.g_a(x)
-            hyper = model.decoded_hyper(y)
-            mean, scale = model.slice_params(0, hyper, [])
-            scale = model.scale_bound(scale)
-            sym = torch.round(y - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).long()
-            return hyper, mean, scale, sym, fills.table_index(scale), bits(model.entropy_bottleneck(model.h_a(y))[1])
-
     def decode(lat, level, use_trained):
-        hyper, mean, scale, sym, t, _ = lat
-        fill = fills.residual(sym, t, level).float()
         if not use_trained or level > top:
-            return model.g_s(mean + fill)
-        width = fills.width[level][t].float()
+            return plane_decode(model, fills, lat, level)
+        fill = fills.residual(lat.symbols, lat.tables, level).float()
+        width = fills.width[level][lat.tables].float()
         if args.decoder == "fill":
-            return model.g_s(mean + trained(fill, width, scale, hyper))
-        return trained(mean + fill, width)
+            return model.g_s(lat.mean + trained(fill, width, lat.scale, lat.hyper))
+        return trained(lat.mean + fill, width)
 
     kodak = []
     for name in IMAGES:
         x = kodak_image(name)
         h, w = x.shape[2:]
-        lat = latents(kodak_image(name, padded=True))
-        hyper, mean, scale, sym, t, z_bits = lat
-        rates = [float(z_bits + fills.bits(sym.double(), scale.double(), t, k, noisy=False)) / (h * w)
-                 for k in range(L + 1)]
-        kodak.append((x, lat, rates))
+        lat = plane_latents(model, fills, kodak_image(name, padded=True))
+        kodak.append((x, lat, [plane_bits(fills, lat, k) / (h * w) for k in range(L + 1)]))
 
     def curve(use_trained):
         points = np.zeros((L + 1, 2))
@@ -151,29 +134,22 @@ def main():
         gains = " ".join(f"{b - a:+.3f}" for a, b in zip(plain[:, 1], trained_curve[:, 1]))
         return f"BD-rate {bd_rate(list(map(tuple, plain)), list(map(tuple, trained_curve))):+.2f} %  dB per layer: {gains}"
 
-    sampler = CropSampler("../shared/data/train", args.patch, seed=11)
-    opt = torch.optim.Adam(groups)
     rng = np.random.default_rng(5)
-    t0, step = time.time(), 0
-    while time.time() - t0 < args.minutes * 60:
-        x = sampler.batch(args.batch)
-        lat = latents(x)
+
+    def loss_of(x):
+        lat = plane_latents(model, fills, x)
         loss = 0.0
         for k in rng.choice(top + 1, args.levels_per_step, replace=False):
             with torch.no_grad():
                 plain_mse = ((decode(lat, k, False) - x) ** 2).mean()
             loss = loss + ((decode(lat, k, True) - x) ** 2).mean() / plain_mse
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 250 == 0:
-            print(step, f"{time.time() - t0:.0f} s", evaluate(), flush=True)
-            if args.save:
-                torch.save(trained.state_dict(), args.save)
-    print("end", step, evaluate(), flush=True)
-    if args.save:
-        torch.save(trained.state_dict(), args.save)
+        return loss
+
+    def save():
+        if args.save:
+            torch.save(trained.state_dict(), args.save)
+
+    train_for_minutes(args.minutes, args.batch, args.patch, 11, loss_of, torch.optim.Adam(groups), evaluate, 250, save)
 
 
 if __name__ == "__main__":
