@@ -41,23 +41,36 @@ def _padded_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(padded).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-def _check_rate(layers, bpp, nbytes):
-    if sum(v is not None for v in (layers, bpp, nbytes)) > 1:
-        raise SiccError("give at most one of layers, bpp, bytes")
+def _padded_size(height: int, width: int) -> tuple[int, int]:
+    return -(-height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def _rgb8(x: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """A decoded [1, 3, H', W'] tensor in [0, 1] as the H x W x 3 uint8 pixels the decoder writes."""
+    return x[0, :, :height, :width].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _check_rate(layers, bpp, nbytes, psnr=None):
+    if sum(v is not None for v in (layers, bpp, nbytes, psnr)) > 1:
+        raise SiccError("give at most one of layers, bpp, bytes" + (", psnr" if psnr is not None else ""))
     if bpp is not None and not bpp > 0:
         raise SiccError("bpp must be positive")
     if nbytes is not None and nbytes < 1:
         raise SiccError("bytes must be positive")
+    if psnr is not None and not psnr > 0:
+        raise SiccError("psnr must be positive")
 
 
 def encode_image(image, *, weights: Path | None = None, layers: int | None = None, bpp: float | None = None,
-                 nbytes: int | None = None, strip: bool = False, refine: int = 0, device: str = "auto") -> bytes:
+                 nbytes: int | None = None, psnr: float | None = None, strip: bool = False, refine: int = 0,
+                 device: str = "auto") -> bytes:
     """Encode an image (PIL image, path or encoded bytes) to `.sic` bytes. A rate option keeps only
-    the largest prefix of layers that fits it. `refine` > 0 optimises the latents for this image for
+    the largest prefix of layers that fits it; `psnr` keeps the smallest whose plain decode reaches
+    that many dB against the image's RGB (SiccError if the whole file does not). `refine` > 0 optimises the latents for this image for
     that many steps (refine.py): a smaller file at the same quality, for a much slower encode.
     `device` ("auto": CUDA when there is one, "cpu", "cuda") runs the analysis transform and the
     refinement; the entropy parameters are exact integer work on the CPU either way."""
-    _check_rate(layers, bpp, nbytes)
+    _check_rate(layers, bpp, nbytes, psnr)
     if refine < 0:
         raise SiccError("refine must be 0 or more steps")
     from .device import resolve_device
@@ -77,9 +90,35 @@ def encode_image(image, *, weights: Path | None = None, layers: int | None = Non
             extras[container.TAG_EXIF] = src.exif
     header = Header(codec.weights_id, w, h, src.mode, src.bit_depth, codec.layers_total, (), extras)
     data = container.pack(header, payloads)
+    if psnr is not None:
+        layers = _fewest_layers_reaching(codec, payloads, src.rgb, psnr)
     if layers is None and bpp is None and nbytes is None:
         return data
     return truncate(data, layers=layers, bpp=bpp, nbytes=nbytes)
+
+
+def _fewest_layers_reaching(codec, payloads: list[bytes], rgb: np.ndarray, target: float) -> int:
+    """The fewest layers whose plain decode reaches `target` dB PSNR against `rgb`, by bisection:
+    every layer refines the one latent, so PSNR rises with the layer count (a few decodes, not all)."""
+    from .evaluate import psnr
+
+    h, w, _ = rgb.shape
+    hp, wp = _padded_size(h, w)
+
+    def quality(k: int) -> float:
+        return psnr(_rgb8(codec.decode(payloads[:k], hp, wp), h, w), rgb)
+
+    best = quality(len(payloads))
+    if best < target:
+        raise SiccError(f"the whole file reaches {best:.2f} dB PSNR, short of the {target:g} dB asked for")
+    low, high = 1, len(payloads)  # high always reaches the target
+    while low < high:
+        mid = (low + high) // 2
+        if quality(mid) >= target:
+            high = mid
+        else:
+            low = mid + 1
+    return high
 
 
 def codec_for(header: Header, weights: Path | None = None, device="cpu"):
@@ -125,11 +164,11 @@ def decode_image(data: bytes, *, weights: Path | None = None, layers: int | None
     codec = codec_for(header, weights, dev if perceptual else "cpu")
     if codec.planes is not None and header.version < 2:
         raise SiccError(f"a version {header.version} file cannot come from plane-layered weights")
-    hp, wp = -(-header.height // PAD_MULTIPLE) * PAD_MULTIPLE, -(-header.width // PAD_MULTIPLE) * PAD_MULTIPLE
+    hp, wp = _padded_size(header.height, header.width)
     x = codec.decode(list(cont.payloads[:k]), hp, wp, fill="sample" if sample else "mean", seed=seed)
     if perceptual:
         x = invert(codec.reencoder(), x, k - 1, prior, strength, steps, seed or 0, zeta, on_step=on_step, method=guidance)
-    rgb = x[0, :, : header.height, : header.width].mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    rgb = _rgb8(x, header.height, header.width)
     alpha = unpack_alpha(header.alpha, header.width, header.height) if header.alpha else None
     img = to_pil(np.ascontiguousarray(rgb), alpha, header.mode)
     if header.icc_profile:

@@ -173,10 +173,10 @@ def _rate_options(f):
     return f
 
 
-def _one_rate(layers, bpp, nbytes, required=False):
-    given = sum(v is not None for v in (layers, bpp, nbytes))
+def _one_rate(layers, bpp, nbytes, required=False, target_psnr=None):
+    given = sum(v is not None for v in (layers, bpp, nbytes, target_psnr))
     if given > 1:
-        raise click.UsageError("give at most one of --layers, --bpp, --bytes")
+        raise click.UsageError("give at most one of --layers, --bpp, --bytes" + (", --psnr" if target_psnr is not None else ""))
     if required and not given:
         raise click.UsageError("give one of --layers, --bpp, --bytes")
 
@@ -209,6 +209,8 @@ def cli():
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", help="Output file (one input) or directory (several).")
 @_rate_options
+@click.option("--psnr", "target_psnr", type=click.FloatRange(min=0, min_open=True), metavar="DB",
+              help="Smallest prefix whose decode reaches DB PSNR (an error if the whole file does not).")
 @_weights_option
 @click.option("-j", "--jobs", default=1, type=click.IntRange(min=1), help="Files coded in parallel.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
@@ -217,9 +219,9 @@ def cli():
 @_refine_option
 @_device_option("Where the analysis transform and --refine run (auto: CUDA when there is one).")
 @_debug_option
-def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, strip, refine, device, debug):
+def encode(inputs, output, layers, bpp, nbytes, target_psnr, weights, jobs, force, quiet, strip, refine, device, debug):
     """Encode images to .sic files."""
-    _one_rate(layers, bpp, nbytes)
+    _one_rate(layers, bpp, nbytes, target_psnr=target_psnr)
     from .api import encode_image
     from .device import resolve_device
     from .weights import load_codec
@@ -237,8 +239,8 @@ def encode(inputs, output, layers, bpp, nbytes, weights, jobs, force, quiet, str
         sys.exit(1)
 
     def work(job: Job):
-        data = encode_image(read_input(job.source), weights=weights, layers=layers, bpp=bpp, nbytes=nbytes, strip=strip,
-                            refine=refine, device=device)
+        data = encode_image(read_input(job.source), weights=weights, layers=layers, bpp=bpp, nbytes=nbytes,
+                            psnr=target_psnr, strip=strip, refine=refine, device=device)
         write_atomic(job.target, data, force)
 
     sys.exit(run_jobs(plan, work, jobs, quiet, debug, "encoding"))

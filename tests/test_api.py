@@ -99,6 +99,10 @@ def test_rate_options_at_encode_pick_the_largest_prefix(tiny_weights):
         encode_image(img, weights=tiny_weights, nbytes=10)
     with pytest.raises(SiccError):
         encode_image(img, weights=tiny_weights, layers=1, bpp=1.0)
+    with pytest.raises(SiccError, match="at most one"):
+        encode_image(img, weights=tiny_weights, layers=1, psnr=30.0)
+    with pytest.raises(SiccError, match="psnr must be positive"):
+        encode_image(img, weights=tiny_weights, psnr=0.0)
 
 
 def test_encoding_is_repeatable_to_the_byte(tiny_weights):

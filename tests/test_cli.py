@@ -82,6 +82,8 @@ def test_batch_into_directory_with_a_bad_input(run, images, tiny_weights, tmp_pa
 
 def test_usage_errors_exit_2(run, images, tiny_weights):
     assert run("encode", images[0], "--layers", 1, "--bpp", 0.5).exit_code == 2
+    assert run("encode", images[0], "--psnr", 30, "--bytes", 900).exit_code == 2
+    assert run("encode", images[0], "--psnr", 0).exit_code == 2
     assert run("truncate", images[0], "-o", "x.sic").exit_code == 2  # no rate given
     assert run("encode").exit_code == 2
     assert run("decode", "a.sic", "b.sic", "-o", "-").exit_code == 2

@@ -11,6 +11,7 @@ import pytest
 
 from codec import container
 from codec.api import decode_image, encode_image, truncate
+from codec.errors import SiccError
 from codec.weights import DEFAULT_WEIGHTS, default_weights_path, load_codec, weights_path
 
 from .conftest import ROOT, kodak_crop, psnr
@@ -31,6 +32,19 @@ def test_layers_span_low_to_high_rate_with_rising_psnr(name, box):
         psnrs.append(psnr(img, decode_image(part)))
     assert bpps[0] <= 0.2 and bpps[-1] >= 0.8, bpps
     assert all(b > a for a, b in zip(psnrs, psnrs[1:])), psnrs
+
+
+def test_psnr_target_keeps_the_fewest_layers_that_reach_it():
+    img = kodak_crop("kodim13.png", (0, 0, 320, 200))
+    full = encode_image(img)
+    n = len(container.parse(full).header.layers)
+    quality = [psnr(img, decode_image(full, layers=k)) for k in range(1, n + 1)]
+    assert encode_image(img, psnr=(quality[5] + quality[6]) / 2) == truncate(full, layers=7)
+    assert encode_image(img, psnr=quality[6]) == truncate(full, layers=7)  # reaching it exactly is enough
+    assert encode_image(img, psnr=quality[0] / 2) == truncate(full, layers=1)
+    assert encode_image(img, psnr=quality[-1]) == full
+    with pytest.raises(SiccError, match="whole file reaches"):
+        encode_image(img, psnr=quality[-1] + 0.5)
 
 
 def test_wheel_carries_the_weights_and_works_from_any_directory(tmp_path):
