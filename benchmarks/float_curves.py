@@ -145,7 +145,7 @@ def main(paths: list[str]):
         if first is None:
             first = curve
         else:
-            print(f"  BD-rate (PSNR) vs {paths[0]}: {bd_rate(first, curve):+.1f} %")
+            print(f"  BD-rate (PSNR) vs {paths[0]}: {bd_rate(first, curve):+.2f} %")
 
 
 if __name__ == "__main__":
