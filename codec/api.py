@@ -65,9 +65,10 @@ def encode_image(image, *, weights: Path | None = None, layers: int | None = Non
                  nbytes: int | None = None, psnr: float | None = None, strip: bool = False, refine: int = 0,
                  device: str = "auto") -> bytes:
     """Encode an image (PIL image, path or encoded bytes) to `.sic` bytes. A rate option keeps only
-    the largest prefix of layers that fits it; `psnr` keeps the smallest whose plain decode reaches
-    that many dB against the image's RGB (SiccError if the whole file does not). `refine` > 0 optimises the latents for this image for
-    that many steps (refine.py): a smaller file at the same quality, for a much slower encode.
+    the largest prefix of layers that fits it; `psnr` keeps the smallest whose plain decode (on the
+    CPU, as `decode_image`'s) reaches that many dB against the image's RGB (SiccError if the whole
+    file does not). `refine` > 0 optimises the latents for this image for that many steps
+    (refine.py): a smaller file at the same quality, for a much slower encode.
     `device` ("auto": CUDA when there is one, "cpu", "cuda") runs the analysis transform and the
     refinement; the entropy parameters are exact integer work on the CPU either way."""
     _check_rate(layers, bpp, nbytes, psnr)
@@ -91,7 +92,7 @@ def encode_image(image, *, weights: Path | None = None, layers: int | None = Non
     header = Header(codec.weights_id, w, h, src.mode, src.bit_depth, codec.layers_total, (), extras)
     data = container.pack(header, payloads)
     if psnr is not None:
-        layers = _fewest_layers_reaching(codec, payloads, src.rgb, psnr)
+        layers = _fewest_layers_reaching(load_codec(weights, "cpu"), payloads, src.rgb, psnr)
     if layers is None and bpp is None and nbytes is None:
         return data
     return truncate(data, layers=layers, bpp=bpp, nbytes=nbytes)
