@@ -260,6 +260,29 @@ def test_outputs_get_normal_permissions_and_missing_folders_fail_cleanly(run, im
     one_error_line(r, "cannot write")
 
 
+def test_ctrl_c_as_a_temp_file_is_made_leaves_the_whole_file_and_no_temp(tmp_path, monkeypatch):
+    import signal
+    import tempfile
+
+    from codec.cli import write_atomic
+
+    made = tempfile.mkstemp
+
+    def mkstemp_then_ctrl_c(*args, **kwargs):
+        out = made(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # the temp file exists; the try that would remove it has not begun
+        return out
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal has it
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_atomic(str(tmp_path / "a.sic"), b"all of it", force=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.sic"] and (tmp_path / "a.sic").read_bytes() == b"all of it"
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_ctrl_c_stops_a_batch_and_leaves_only_complete_files(tmp_path, tiny_weights, jobs):
     import signal
