@@ -130,6 +130,7 @@ def train_for_minutes(minutes: float, batch: int, patch: int, seed: int, loss_of
 
 
 def _rgb(x: torch.Tensor) -> np.ndarray:
+    """The 8-bit pixels an image in [0, 1] was read from (exact for kodak_image's), for the encoder's padding."""
     return (x[0].permute(1, 2, 0) * 255).round().byte().numpy()
 
 

@@ -74,7 +74,8 @@ def _ctrl_c_held():
     """Ctrl-C waits until the block is done, then interrupts as usual: a KeyboardInterrupt between
     mkstemp and the `try` that removes the temp file (or inside that cleanup) would leave it behind.
     Signals reach only the main thread, so worker threads need no holding."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    current = signal.getsignal(signal.SIGINT)  # None: a handler not set from Python, left alone
+    if threading.current_thread() is not threading.main_thread() or current in (signal.SIG_IGN, None):
         yield
         return
     caught = []
@@ -197,7 +198,8 @@ def _rate_options(f):
 def _one_rate(layers, bpp, nbytes, required=False, target_psnr=None):
     given = sum(v is not None for v in (layers, bpp, nbytes, target_psnr))
     if given > 1:
-        raise click.UsageError("give at most one of --layers, --bpp, --bytes" + (", --psnr" if target_psnr is not None else ""))
+        names = "--layers, --bpp, --bytes" + (", --psnr" if target_psnr is not None else "")
+        raise click.UsageError(f"give at most one of {names}")
     if required and not given:
         raise click.UsageError("give one of --layers, --bpp, --bytes")
 
