@@ -96,18 +96,24 @@ def level_curve(path: str, images: list[torch.Tensor]) -> tuple[list[tuple[float
 
 
 def _plane_level_curve(model: ProgressiveCodec, fills: PlaneFills, images: list[torch.Tensor]):
-    points = np.zeros((fills.levels + 1, 2))
-    with torch.no_grad():
-        for x in images:
-            h, w = x.shape[2:]
-            lat = plane_latents(model, fills, _padded_tensor(_rgb(x)))
-            for level in range(fills.levels + 1):
-                rec = plane_decode(model, fills, lat, level)[..., :h, :w].clamp(0, 1)
-                points[level] += (plane_bits(fills, lat, level) / (h * w), psnr(((rec - x) ** 2).mean().item()))
-    points /= len(images)
+    samples = [(x, plane_latents(model, fills, _padded_tensor(_rgb(x)))) for x in images]
+    points = plane_points(fills, samples, lambda lat, level: plane_decode(model, fills, lat, level))
     elements = model.cfg.M / 256  # latent elements per pixel
     added = [(b - a) / elements for a, b in zip(points[:-1, 0], points[1:, 0])]
     return [tuple(p) for p in points], added
+
+
+def plane_points(fills: PlaneFills, samples: list[tuple[torch.Tensor, PlaneLatents]], decode: Callable) -> np.ndarray:
+    """Mean (bpp, PSNR) after each number of plane layers over `samples` (image, its latents), each
+    reconstructed by `decode(latents, level)` (plane_decode or a probe's decoder)."""
+    points = np.zeros((fills.levels + 1, 2))
+    with torch.no_grad():
+        for x, lat in samples:
+            h, w = x.shape[2:]
+            for level in range(fills.levels + 1):
+                rec = decode(lat, level)[..., :h, :w].clamp(0, 1)
+                points[level] += (plane_bits(fills, lat, level) / (h * w), psnr(((rec - x) ** 2).mean().item()))
+    return points / len(samples)
 
 
 def train_for_minutes(minutes: float, batch: int, patch: int, seed: int, loss_of: Callable, opt,

@@ -37,9 +37,8 @@ import torch
 from torch import nn
 
 from codec.evaluate import bd_rate
-from codec.train import psnr
 from codec.weights import load_codec, load_float_model
-from float_curves import IMAGES, kodak_image, plane_bits, plane_decode, plane_latents, train_for_minutes
+from float_curves import IMAGES, kodak_image, plane_decode, plane_latents, plane_points, train_for_minutes
 
 
 class WidthAwareSynthesis(nn.Module):
@@ -90,8 +89,7 @@ def main():
     torch.manual_seed(0)
     model = load_float_model(args.weights).eval().requires_grad_(False)
     fills = load_codec(args.weights).plane_fills()
-    L = fills.levels
-    top = L - 1 if args.max_level is None else args.max_level
+    top = fills.levels - 1 if args.max_level is None else args.max_level
     if args.decoder == "fill":
         trained = FillRestorer(model.cfg.M, model.cfg.hyper, args.hidden)
         groups = [{"params": trained.parameters(), "lr": args.lr}]
@@ -109,22 +107,10 @@ def main():
             return model.g_s(lat.mean + trained(fill, width, lat.scale, lat.hyper))
         return trained(lat.mean + fill, width)
 
-    kodak = []
-    for name in IMAGES:
-        x = kodak_image(name)
-        h, w = x.shape[2:]
-        lat = plane_latents(model, fills, kodak_image(name, padded=True))
-        kodak.append((x, lat, [plane_bits(fills, lat, k) / (h * w) for k in range(L + 1)]))
+    kodak = [(kodak_image(name), plane_latents(model, fills, kodak_image(name, padded=True))) for name in IMAGES]
 
     def curve(use_trained):
-        points = np.zeros((L + 1, 2))
-        with torch.no_grad():
-            for x, lat, rates in kodak:
-                h, w = x.shape[2:]
-                for k in range(L + 1):
-                    rec = decode(lat, k, use_trained)[..., :h, :w].clamp(0, 1)
-                    points[k] += (rates[k], psnr(float(((rec - x) ** 2).mean())))
-        return points / len(kodak)
+        return plane_points(fills, kodak, lambda lat, level: decode(lat, level, use_trained))
 
     plain = curve(False)
     print("plain", " ".join(f"{b:.3f}/{q:.2f}" for b, q in plain), flush=True)

@@ -36,8 +36,8 @@ def _source(image) -> SourceImage:
 def _padded_tensor(rgb: np.ndarray) -> torch.Tensor:
     """Pad to a multiple of PAD_MULTIPLE by edge replication (no hard border for the transforms)."""
     h, w, _ = rgb.shape
-    ph, pw = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
-    padded = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    hp, wp = _padded_size(h, w)
+    padded = np.pad(rgb, ((0, hp - h), (0, wp - w), (0, 0)), mode="edge")
     return torch.from_numpy(padded).permute(2, 0, 1)[None].float().div_(255.0)
 
 
