@@ -63,6 +63,7 @@ class PlaneModel:
         # prefix sums of the in-table counts and of value * count: interval weights and means
         self.cum = np.concatenate([np.zeros((T, 1), np.int64), np.cumsum(counts, 1)], 1)
         self.cum_v = np.concatenate([np.zeros((T, 1), np.int64), np.cumsum(counts * values, 1)], 1)
+        self._choices: dict[int, PlaneChoices] = {}
 
     @property
     def max_plane(self) -> int:
@@ -78,12 +79,45 @@ class PlaneModel:
         ia, ib = self._bounds(t, a, b)
         return self.cum[t, ib] - self.cum[t, ia]
 
+    def choices(self, plane: int) -> "PlaneChoices":
+        """Plane `plane`'s choice for every interval an element can be in (built on first use)."""
+        if plane not in self._choices:
+            self._choices[plane] = PlaneChoices.build(self, plane)
+        return self._choices[plane]
+
     def mean(self, t: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The table's mean value over a..b (float64; a ratio of integers, so platform-independent)."""
         ia, ib = self._bounds(t, a, b)
         w = self.cum[t, ib] - self.cum[t, ia]
         s = self.cum_v[t, ib] - self.cum_v[t, ia]
         return np.where(w > 0, s / np.maximum(w, 1), (a + b) / 2)
+
+
+@dataclass(frozen=True)
+class PlaneChoices:
+    """One plane's choices, tabulated: an element of table t whose interval (width 3^m) starts at
+    a = -h_t + j * 3^m reads row base[t] + j. Coding a plane is then a lookup per element instead of
+    three interval sums; the table has at most h_t rows per table, fewer than the counts themselves."""
+
+    base: np.ndarray  # int64 [T]
+    probs: np.ndarray  # float32 [R, 4]: the choice probabilities, as docs/format.md defines them
+    only: np.ndarray  # int64 [R]: the one possible choice (not coded), or -1 where there is a choice
+
+    @classmethod
+    def build(cls, model: PlaneModel, plane: int) -> "PlaneChoices":
+        w, third = 3**plane, 3 ** (plane - 1)
+        n = np.where(model.planes >= plane, 3 ** np.maximum(model.planes - plane, 0), 0)
+        base = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
+        t = np.repeat(np.arange(len(n)), n)
+        a = -model.half[t] + (np.arange(t.size) - base[t]) * w
+        weights = np.stack([model.weight(t, a + i * third, a + (i + 1) * third - 1) for i in range(3)]
+                           + [np.where(model.planes[t] == plane, model.escape[t], 0)], 1)
+        total = weights.sum(1, keepdims=True)
+        # rows no element can reach (wholly outside the table) have no weight; they are never read
+        probs = (weights / np.maximum(total, 1)).astype(np.float32)
+        possible = weights > 0
+        only = np.where(possible.sum(1) == 1, np.argmax(possible, 1), -1)
+        return cls(base, probs, only.astype(np.int64))
 
 
 def plane_schedule(model: PlaneModel, cuts: dict[int, tuple[int, ...]]) -> list[Layer]:
@@ -130,15 +164,14 @@ class PlaneState:
         """Of the elements `sel`, those whose choice needs bits, with the choice probabilities (float32
         [n, 4]); forced choices are applied in place."""
         mdl = self.model
-        ts, a = self.t[sel], self.a[sel]
-        w = 3 ** (step.plane - 1)
-        weights = np.stack([mdl.weight(ts, a + i * w, a + (i + 1) * w - 1) for i in range(3)]
-                           + [np.where(mdl.planes[ts] == step.plane, mdl.escape[ts], 0)], 1)
-        forced = (weights > 0).sum(1) == 1
+        ts = self.t[sel]
+        table = mdl.choices(step.plane)
+        row = table.base[ts] + (self.a[sel] + mdl.half[ts]) // 3**step.plane
+        only = table.only[row]
+        forced = only >= 0
         # a forced choice needs no bits (always a third: an escape is never the only option)
-        self._apply(sel[forced], np.argmax(weights[forced] > 0, 1), w)
-        weights = weights[~forced]
-        return sel[~forced], (weights / weights.sum(1, keepdims=True)).astype(np.float32)
+        self._apply(sel[forced], only[forced], 3 ** (step.plane - 1))
+        return sel[~forced], table.probs[row[~forced]]
 
     def _apply(self, sel: np.ndarray, choice: np.ndarray, w: int):
         thirds = choice < ESCAPE

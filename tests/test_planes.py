@@ -191,6 +191,32 @@ def test_chunked_coding_writes_the_same_stream(planes, monkeypatch):
     assert np.array_equal(again.sample(np.random.default_rng(1)), drawn)
 
 
+def test_tabulated_choices_are_the_formats_interval_weights(planes):
+    # the coder reads each plane's choices from a table (PlaneChoices); docs/format.md defines them
+    # as the table's counts over each third plus the escape count at the first plane, normalised in
+    # float64 and rounded to float32. Every reachable interval of every table, every plane:
+    tables, model, _ = planes
+    rows = 0
+    for m in range(1, model.max_plane + 1):
+        table = model.choices(m)
+        for t in np.flatnonzero(model.planes >= m):
+            lo, n = int(tables.offsets[t]), int(tables.lengths[t])
+            for j in range(3 ** int(model.planes[t] - m)):
+                a = -int(model.half[t]) + j * 3**m
+                thirds = [a + i * 3 ** (m - 1) + np.arange(3 ** (m - 1)) for i in range(3)]
+                weights = [int(sum(tables.counts[t, v - lo] for v in third if lo <= v < lo + n)) for third in thirds]
+                weights.append(int(tables.counts[t, n]) if model.planes[t] == m else 0)
+                if sum(weights) == 0:
+                    continue  # no value of the table lies here: no element can be in this interval
+                row = table.base[t] + j
+                expected = (np.array(weights, np.float64) / sum(weights)).astype(np.float32)
+                assert np.array_equal(table.probs[row], expected), (m, t, j)
+                possible = np.flatnonzero(weights)
+                assert table.only[row] == (possible[0] if possible.size == 1 else -1)
+                rows += 1
+    assert rows > 1000
+
+
 def test_plane_fills_are_the_decoders_values_and_estimate_its_bits(planes):
     # refinement's tensor version of the plane decoder (plane_fills.py) against the coder itself:
     # the same value in every element after every prefix, and about the bits those prefixes take
