@@ -502,6 +502,9 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(min=0, max=1, max_open=True),
               help="Export an exponential moving average of the weights with this decay per step, e.g. 0.999 "
                    "(0: the weights themselves).")
+@click.option("--plane-levels", is_flag=True,
+              help="Plane-layered weights: each step's level term is a file of z and k plane layers (k in "
+                   "turn over 0..L-1) with its own bits, instead of z alone.")
 @_device_option("auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
 def train_codec_cmd(data_dir, small, quiet, slices, layering, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""

@@ -155,12 +155,14 @@ class ProgressiveCodec(nn.Module):
     def forward(self, x: torch.Tensor, level: int | None = None) -> dict:
         """Training pass. Returns the full reconstruction and, for `level` (slices transmitted,
         0..len(slices)), the reconstruction with the missing slices filled by their means.
-        Likelihoods: "z" and one tensor per slice."""
+        Likelihoods: "z" and one tensor per slice; also the analysis output "y" and the hyper features
+        "hyper" (training's plane levels decode from them)."""
         y = self._transform(self.g_a, x)
         z_hat, z_lik = self.entropy_bottleneck(self._transform(self.h_a, y))
         hyper = self.h_s(z_hat)
         y_hat, liks = self._quantized_slices(y, hyper, len(self.cfg.slices))
-        out = {"x_full": self._transform(self.g_s, torch.cat(y_hat, dim=1)), "likelihoods": {"z": z_lik, "y": liks}}
+        out = {"x_full": self._transform(self.g_s, torch.cat(y_hat, dim=1)), "likelihoods": {"z": z_lik, "y": liks},
+               "y": y, "hyper": hyper}
         if level is not None and level < len(self.cfg.slices):
             out["x_level"] = self._transform(self.g_s, self._fill_missing_slices(hyper, y_hat[:level]))
         return out

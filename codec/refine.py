@@ -51,7 +51,7 @@ def layer_points(model: ProgressiveCodec, x: torch.Tensor, y: torch.Tensor, z: t
     hyper, z_bits = _hyper(model, z, held_hyper)
     y_hat, likelihoods = model._quantized_slices(y, hyper, len(model.cfg.slices))
     rates = accumulate([z_bits, *map(bits, likelihoods)])
-    pixels = x.shape[2] * x.shape[3]
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
     return [(total_bits / pixels, model._transform(model.g_s, model._fill_missing_slices(hyper, y_hat[:level])))
             for level, total_bits in enumerate(rates) if level + 1 >= first]
 
@@ -61,7 +61,8 @@ def plane_layer_points(model: ProgressiveCodec, fills: PlaneFills, x: torch.Tens
     """`layer_points` for plane layering: (bits per pixel, reconstruction) of z and k plane layers for
     each k in `levels` (fills.levels: the full file). The reconstruction is the plain decoder's (the
     table's mean in each value's interval), straight through to y; the bits are `fills.bits`, noisy
-    in train mode as training's rate proxy, on the coder's intervals in eval mode."""
+    in train mode as training's rate proxy, on the coder's intervals in eval mode. Bits per pixel of
+    a batch are over all of its images (training's plane levels, `train.progressive_loss`)."""
     hyper, z_bits = _hyper(model, z, held_hyper)
     mean, scale = model.slice_params(0, hyper, [])
     scale = model.scale_bound(scale)
@@ -69,7 +70,7 @@ def plane_layer_points(model: ProgressiveCodec, fills: PlaneFills, x: torch.Tens
     with torch.no_grad():
         symbols = torch.round(y_hat - mean).clamp(-VALUE_LIMIT, VALUE_LIMIT).long()
         tables = fills.table_index(scale)
-    pixels = x.shape[2] * x.shape[3]
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
     points = []
     for level in levels:
         with torch.no_grad():

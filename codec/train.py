@@ -137,23 +137,32 @@ def freeze_transforms(model: ProgressiveCodec) -> ProgressiveCodec:
 
 def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambdas: list[float],
                      lpips=None, gammas: list[float] | None = None, full_weight: float = 0.5,
-                     z_rate_weight: float = 1.0) -> dict:
+                     z_rate_weight: float = 1.0, fills=None) -> dict:
     """full_weight * (full-file term) + (1 - full_weight) * (this step's level term); SIC uses 0.5.
     With `lpips` (an LPIPS module) each term also gets gamma * LPIPS of its reconstruction.
     `z_rate_weight` scales the hyperlatent's bits in the loss (the logged bpp stay true): layer 1 is
-    z alone, and LPIPS's large gamma at level 0 pulls bits into z (session 14: twice session 13's)."""
-    out = model(x, level)
+    z alone, and LPIPS's large gamma at level 0 pulls bits into z (session 14: twice session 13's).
+    `lambdas` run over the levels, the last one the full file's. With `fills` (plane_fills.PlaneFills,
+    plane layering) a level k >= 1 is a file of z and k plane layers: the plain decoder's image
+    (straight through to y) and those layers' estimated bits (`refine.plane_layer_points`)."""
+    plane_level = fills is not None and level > 0
+    out = model(x, None if plane_level else level)
     pixels = x.shape[0] * x.shape[2] * x.shape[3]
     z_bits = bits(out["likelihoods"]["z"])
     y_bits = [bits(l) for l in out["likelihoods"]["y"]]
     rate_full = (z_bits + sum(y_bits)) / pixels
-    rate_level = (z_bits + sum(y_bits[:level])) / pixels
+    if plane_level:
+        from .refine import plane_layer_points
+
+        [(rate_level, out["x_level"])] = plane_layer_points(model, fills, x, out["y"], None, [level],
+                                                            held_hyper=(out["hyper"], z_bits))
+    else:
+        rate_level = (z_bits + sum(y_bits[:level])) / pixels
     z_surcharge = (z_rate_weight - 1.0) * z_bits / pixels  # in both terms, whose weights sum to 1
     mse_full = torch.mean((out["x_full"] - x) ** 2)
     mse_level = torch.mean((out["x_level"] - x) ** 2)
-    S = len(model.cfg.slices)
     w_full, w_level = full_weight, 1.0 - full_weight
-    loss = (w_full * (rate_full + lambdas[S] * 255**2 * mse_full)
+    loss = (w_full * (rate_full + lambdas[-1] * 255**2 * mse_full)
             + w_level * (rate_level + lambdas[level] * 255**2 * mse_level)) + z_surcharge
     terms = {"bpp_full": rate_full, "mse_full": mse_full, "bpp_level": rate_level, "mse_level": mse_level,
              "x_full": out["x_full"]}
@@ -163,8 +172,33 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
         # images; docs/training.md). Out-of-range pixels get only the MSE's gradient.
         terms["lpips_full"] = lpips(x, out["x_full"].clamp(0, 1)).mean()
         terms["lpips_level"] = lpips(x, out["x_level"].clamp(0, 1)).mean()
-        loss = loss + w_full * gammas[S] * terms["lpips_full"] + w_level * gammas[level] * terms["lpips_level"]
+        loss = loss + w_full * gammas[-1] * terms["lpips_full"] + w_level * gammas[level] * terms["lpips_level"]
     return {"loss": loss, **terms}
+
+
+def plane_level_lambdas(levels: int) -> list[float]:
+    """lambda per level for plane-level training (`progressive_loss` with `fills`): level 0 (z alone)
+    and the full file keep the slice objective's q1 and q8 (0.0018, 0.18); level k in between gets
+    about the slope of the shipped default's own curve at that layer (float, six Kodak images: about
+    0.0009, 0.003, 0.006, 0.018, 0.05 at 2, 4, 6, 8, 10 plane layers, session 24), geometric from
+    0.0004 to 0.08. A level asked for another lambda than its slope would slide along the curve
+    instead of improving it (session 20: without a rate term, every layer count moved up in rate)."""
+    slope = level_lambdas(levels, low=0.0004, high=0.08)
+    q1, q8 = level_lambdas(1)
+    return [q1, *slope[1:levels], q8]
+
+
+def plane_fills():
+    """The plain decoder of the plane layering `export_weights` writes (its Gaussian tables and
+    latent.PLANE_CUTS) as tensors: what training's plane levels decode."""
+    from .latent import PLANE_CUTS
+    from .plane_fills import PlaneFills
+    from .planes import PlaneModel, plane_schedule
+    from .weights import gaussian_tables
+
+    gaussian, bounds = gaussian_tables()
+    planes = PlaneModel(gaussian)
+    return PlaneFills(planes, plane_schedule(planes, PLANE_CUTS), bounds)
 
 
 def psnr(mse: float) -> float:
@@ -324,7 +358,7 @@ def train_codec(
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
     device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0, frozen_transforms: bool = False,
-    ema: float = 0.0,
+    ema: float = 0.0, plane_levels: bool = False,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
@@ -335,7 +369,9 @@ def train_codec(
     `z_rate_weight` multiplies the hyperlatent's bits in the loss; `frozen_transforms` trains only the
     entropy model (`freeze_transforms`), e.g. a new plane-layering head on a trained codec. `ema` > 0
     keeps an exponential moving average of the weights with that decay per step (`WeightAverage`), and
-    the exported weights are the average's."""
+    the exported weights are the average's. `plane_levels` (plane-layered weights) makes the level
+    term of step s a file of z and s mod L plane layers with its own bits (`progressive_loss` with
+    fills, `plane_level_lambdas`) instead of z alone."""
     from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -344,6 +380,9 @@ def train_codec(
     cfg = model.cfg
     if frozen_transforms:
         freeze_transforms(model)
+    if plane_levels and cfg.layering != "planes":
+        raise SiccError("--plane-levels needs plane-layered weights")
+    fills = plane_fills().to(dist.device) if plane_levels else None
     model.to(dist.device)
     dist.same_start(model)
     main, aux = split_parameters(model)
@@ -363,8 +402,9 @@ def train_codec(
         dist.same_start(source_model)
     average = WeightAverage(model, ema, state.get("ema") if state else None) if ema > 0 else None
     sampler = CropSampler(data_dir, patch_size, seed=seed + step + 1_000_003 * dist.rank)
-    lambdas = level_lambdas(len(cfg.slices))
-    gammas = level_gammas(len(cfg.slices), lpips_weight)
+    levels = fills.levels if fills else len(cfg.slices)  # the level terms take 0..levels-1 in turn
+    lambdas = plane_level_lambdas(levels) if fills else level_lambdas(levels)
+    gammas = level_gammas(levels, lpips_weight)
     lpips = None
     if lpips_weight > 0:
         from .lpips import load_lpips
@@ -375,7 +415,7 @@ def train_codec(
     model.to(memory_format=torch.channels_last)  # faster convolutions on CPU (oneDNN) and GPU
 
     objective = dict(lambdas=lambdas, lpips=lpips, gammas=gammas, full_weight=full_weight,
-                     z_rate_weight=z_rate_weight)
+                     z_rate_weight=z_rate_weight, fills=fills)
     regularizer = None
     if source_model is not None:
         def regularizer(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -392,7 +432,7 @@ def train_codec(
 
     def train_step(step: int) -> dict:
         x = sampler.batch(batch_size).to(dist.device).contiguous(memory_format=torch.channels_last)
-        record = codec_update(model, x, step % len(cfg.slices), opt, aux_opt, objective, dist, regularizer, reg_alpha)
+        record = codec_update(model, x, step % levels, opt, aux_opt, objective, dist, regularizer, reg_alpha)
         if average is not None:
             average.update(model)
         return record

@@ -175,6 +175,38 @@ def test_train_planes_head_on_frozen_transforms(tmp_path, tiny_weights):
     assert decode_image(data, weights=out / "weights.safetensors").size == (64, 64)
 
 
+def test_plane_level_terms_are_files_of_that_many_plane_layers(plane_weights):
+    # training's plane levels (--plane-levels): level k is z and k plane layers, decoded as the plain
+    # decoder does, with those layers' bits per pixel of the whole batch. With rounding (eval mode)
+    # the bits grow with k, and all the layers are the full file: its bits and its image.
+    from codec.train import plane_fills, plane_level_lambdas, progressive_loss
+
+    model = load_float_model(plane_weights).eval()
+    fills = plane_fills()
+    L = fills.levels
+    x = torch.stack([_padded_tensor(np.asarray(photo(64, 64, seed=s)))[0] for s in (1, 2)])
+    lambdas = plane_level_lambdas(L)
+    assert len(lambdas) == L + 1 and lambdas[0] == pytest.approx(0.0018) and lambdas[-1] == pytest.approx(0.18)
+    assert all(a < b for a, b in zip(lambdas[1:], lambdas[2:]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        terms = [progressive_loss(model, x, k, lambdas, full_weight=0.5, fills=fills) for k in range(L + 1)]
+    rates = [t["bpp_level"].item() for t in terms]
+    assert rates[0] < rates[L // 2] < rates[L] and all(b >= a - 1e-6 for a, b in zip(rates, rates[1:]))
+    full = terms[L]
+    assert full["bpp_level"].item() == pytest.approx(full["bpp_full"].item(), rel=1e-3)
+    assert full["mse_level"].item() == pytest.approx(full["mse_full"].item(), rel=1e-4)
+    # (an untrained tiny model: a coarser decode is another image, not necessarily a worse one)
+    assert terms[1]["mse_level"].item() != pytest.approx(full["mse_full"].item(), rel=1e-5)
+
+
+def test_plane_levels_need_plane_weights(tmp_path, tiny_weights):
+    data = photo_dir(tmp_path / "data", 2, 64, 64)
+    r = CliRunner().invoke(cli, ["train", "codec", str(data), "--out", str(tmp_path / "run"), "--resume",
+                                  str(tiny_weights), "--plane-levels", "--steps", "1", "-q"])
+    assert r.exit_code != 0 and "--plane-levels needs plane-layered weights" in r.output
+
+
 def test_chunked_coding_writes_the_same_stream(planes, monkeypatch):
     # large images are coded in chunks (bounded memory): the bytes and the draws must not change
     import codec.planes
