@@ -87,7 +87,12 @@ class PlaneFills:
         Gaussian of `scale`, table t): -log2 of the mass of the interval the value falls in. `noisy`:
         the interval is centred on residual + uniform noise of its width, as training's rate proxy
         (differentiable in the residual); otherwise on the coder's interval (rounding)."""
-        width = self.width[level][t].to(residual.dtype)
+        return self.interval_bits(residual, scale, t, self.width[level][t], noisy).sum()
+
+    def interval_bits(self, residual: torch.Tensor, scale: torch.Tensor, t: torch.Tensor, width: torch.Tensor,
+                      noisy: bool) -> torch.Tensor:
+        """`bits` element by element, each value in an interval of its own `width` (a power of 3)."""
+        width = width.to(residual.dtype)
         if noisy:
             centre = residual + width * torch.empty_like(residual).uniform_(-0.5, 0.5)
         else:
@@ -95,4 +100,4 @@ class PlaneFills:
         mass = gaussian_interval_mass((centre - width / 2) / scale, (centre + width / 2) / scale)
         # a value none of whose planes is coded yet costs nothing (noise would charge it up to a bit)
         coded = width < 3 ** self.planes[t]
-        return -torch.log2(torch.where(coded, mass.clamp_min(MASS_MIN), 1.0)).sum()
+        return -torch.log2(torch.where(coded, mass.clamp_min(MASS_MIN), 1.0))
