@@ -30,12 +30,15 @@ from codec.weights import load_codec, load_float_model
 IMAGES = ["kodim01", "kodim05", "kodim07", "kodim13", "kodim19", "kodim23"]
 
 
-def kodak_image(name: str, padded: bool = False) -> torch.Tensor:
-    """A Kodak image as [1, 3, H, W] in [0, 1]; `padded`: as the encoder pads it (to the network's grid)."""
+def kodak_image(name: str) -> torch.Tensor:
+    """A Kodak image as [1, 3, H, W] in [0, 1]."""
     rgb = np.array(Image.open(f"../shared/data/kodak/{name}.png").convert("RGB"))
-    if padded:
-        return _padded_tensor(rgb)
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+
+
+def encoder_input(x: torch.Tensor) -> torch.Tensor:
+    """An image from kodak_image padded as the encoder pads it (to the network's grid)."""
+    return _padded_tensor(_rgb(x))
 
 
 @dataclass
@@ -50,7 +53,7 @@ class PlaneLatents:
 
 
 def plane_latents(model: ProgressiveCodec, fills: PlaneFills, x: torch.Tensor) -> PlaneLatents:
-    """`x` padded as the encoder pads it (kodak_image(..., padded=True))."""
+    """`x` padded as the encoder pads it (`encoder_input`)."""
     with torch.no_grad():
         y = model.g_a(x)
         hyper = model.decoded_hyper(y)
@@ -96,7 +99,7 @@ def level_curve(path: str, images: list[torch.Tensor]) -> tuple[list[tuple[float
 
 
 def _plane_level_curve(model: ProgressiveCodec, fills: PlaneFills, images: list[torch.Tensor]):
-    samples = [(x, plane_latents(model, fills, _padded_tensor(_rgb(x)))) for x in images]
+    samples = [(x, plane_latents(model, fills, encoder_input(x))) for x in images]
     points = plane_points(fills, samples, lambda lat, level: plane_decode(model, fills, lat, level))
     elements = model.cfg.M / 256  # latent elements per pixel
     added = [(b - a) / elements for a, b in zip(points[:-1, 0], points[1:, 0])]

@@ -19,7 +19,7 @@ from torch import nn
 
 from codec.plane_fills import gaussian_interval_mass
 from codec.weights import load_codec, load_float_model, scale_table
-from float_curves import IMAGES, kodak_image, plane_latents, train_for_minutes
+from float_curves import IMAGES, encoder_input, kodak_image, plane_latents, train_for_minutes
 
 PLANES = (3, 2, 1)
 
@@ -83,8 +83,9 @@ def main():
     def evaluate():
         tot, pixels = {m: [0.0, 0.0] for m in PLANES}, 0
         for name in IMAGES:
-            h, w = kodak_image(name).shape[2:]
-            x = kodak_image(name, padded=True)
+            image = kodak_image(name)
+            h, w = image.shape[2:]
+            x = encoder_input(image)
             pixels += h * w
             hyper, mu, v, t = latents(x)
             with torch.no_grad():

@@ -21,12 +21,11 @@ import sys
 import numpy as np
 import torch
 
-from codec.api import _padded_tensor
 from codec.data import CropSampler
 from codec.evaluate import bd_rate
 from codec.train import psnr
 from codec.weights import load_codec, load_float_model
-from float_curves import IMAGES, _rgb, kodak_image, plane_latents
+from float_curves import IMAGES, encoder_input, kodak_image, plane_latents
 
 FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
@@ -124,7 +123,7 @@ def main(path: str):
         gains.min(), np.median(gains), gains.max(), 100 * np.sort(gains)[::-1][: len(gains) // 10].sum() / gains.sum()))
     dv, dr = table_plane_stats(codec.planes)
     images = [kodak_image(n) for n in IMAGES]
-    samples = [(x, plane_latents(model, fills, _padded_tensor(_rgb(x)))) for x in images]
+    samples = [(x, plane_latents(model, fills, encoder_input(x))) for x in images]
     g = torch.as_tensor(gains).reshape(1, -1, 1, 1)
     all_a, all_b = [], []
     for plane in (3, 2, 1):

@@ -38,7 +38,8 @@ from torch import nn
 
 from codec.evaluate import bd_rate
 from codec.weights import load_codec, load_float_model
-from float_curves import IMAGES, kodak_image, plane_decode, plane_latents, plane_points, train_for_minutes
+from float_curves import (IMAGES, encoder_input, kodak_image, plane_decode, plane_latents, plane_points,
+                          train_for_minutes)
 
 
 class WidthAwareSynthesis(nn.Module):
@@ -107,7 +108,8 @@ def main():
             return model.g_s(lat.mean + trained(fill, width, lat.scale, lat.hyper))
         return trained(lat.mean + fill, width)
 
-    kodak = [(kodak_image(name), plane_latents(model, fills, kodak_image(name, padded=True))) for name in IMAGES]
+    images = [kodak_image(name) for name in IMAGES]
+    kodak = [(x, plane_latents(model, fills, encoder_input(x))) for x in images]
 
     def curve(use_trained):
         return plane_points(fills, kodak, lambda lat, level: decode(lat, level, use_trained))
