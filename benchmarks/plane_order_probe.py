@@ -94,19 +94,19 @@ def curve(model, fills, samples, keys, plane):
             n_t = fills.planes[lat.tables]
             before = (3 ** torch.minimum(n_t, torch.tensor(plane))).double()
             after = (3 ** torch.minimum(n_t, torch.tensor(plane - 1))).double()
-            b0, b1 = element_bits(fills, lat, before), element_bits(fills, lat, after)
-            gain = (b1 - b0).flatten()
+            b0 = element_bits(fills, lat, before)
+            gain = (element_bits(fills, lat, after) - b0).flatten()
             order = torch.argsort(key.flatten(), descending=True, stable=True)
             cum = torch.cumsum(gain[order], 0)
             h, w = x.shape[2:]
             for i, f in enumerate(FRACTIONS):
-                k = int(torch.searchsorted(cum, f * cum[-1]).item()) + 1
+                k = min(int(torch.searchsorted(cum, f * cum[-1]).item()) + 1, cum.numel())
                 done = torch.zeros(gain.numel(), dtype=torch.bool)
                 done[order[:k]] = True
                 width = torch.where(done.reshape(before.shape), after, before)
                 res = fills.interval_mean(lat.symbols, lat.tables, width.long())
                 rec = model.g_s(lat.mean + res.float())[..., :h, :w].clamp(0, 1)
-                bits = lat.z_bits + float(element_bits(fills, lat, width).sum())
+                bits = lat.z_bits + float(b0.sum() + cum[k - 1])  # the coded elements' added bits
                 points[i] += (bits / (h * w), psnr(((rec - x) ** 2).mean().item()))
     return points / len(samples)
 

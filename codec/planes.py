@@ -116,8 +116,7 @@ class PlaneChoices:
         # rows no element can reach (wholly outside the table) have no weight; they are never read
         probs = (weights / np.maximum(total, 1)).astype(np.float32)
         possible = weights > 0
-        only = np.where(possible.sum(1) == 1, np.argmax(possible, 1), -1)
-        return cls(base, probs, only.astype(np.int64))
+        return cls(base, probs, np.where(possible.sum(1) == 1, np.argmax(possible, 1), -1))
 
 
 def plane_schedule(model: PlaneModel, cuts: dict[int, tuple[int, ...]]) -> list[Layer]:

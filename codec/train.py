@@ -21,7 +21,11 @@ import torch
 from .data import CropSampler
 from .device import resolve_device
 from .errors import SiccError
+from .latent import PLANE_CUTS
 from .model import ModelConfig, ProgressiveCodec, bits, level_gammas, level_lambdas, reset_constant_buffers
+from .plane_fills import PlaneFills
+from .planes import PlaneModel, plane_schedule
+from .refine import plane_layer_points
 from .regularizer import ConditionalSourceModel
 
 
@@ -152,8 +156,6 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
     y_bits = [bits(l) for l in out["likelihoods"]["y"]]
     rate_full = (z_bits + sum(y_bits)) / pixels
     if plane_level:
-        from .refine import plane_layer_points
-
         [(rate_level, out["x_level"])] = plane_layer_points(model, fills, x, out["y"], None, [level],
                                                             held_hyper=(out["hyper"], z_bits))
     else:
@@ -188,13 +190,10 @@ def plane_level_lambdas(levels: int) -> list[float]:
     return [q1, *slope[1:levels], q8]
 
 
-def plane_fills():
+def plane_fills() -> PlaneFills:
     """The plain decoder of the plane layering `export_weights` writes (its Gaussian tables and
     latent.PLANE_CUTS) as tensors: what training's plane levels decode."""
-    from .latent import PLANE_CUTS
-    from .plane_fills import PlaneFills
-    from .planes import PlaneModel, plane_schedule
-    from .weights import gaussian_tables
+    from .weights import gaussian_tables  # as train_codec imports export_weights: on use
 
     gaussian, bounds = gaussian_tables()
     planes = PlaneModel(gaussian)
