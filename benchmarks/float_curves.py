@@ -1,6 +1,8 @@
 """Quick screening of codec weights between full evaluations: every layer's rate and PSNR through the
 float network (estimated rates under rounding, which the real decode matches), on six Kodak images,
-with the bits per latent element that each layer adds and the BD-rate of every file against the first.
+with the bits per latent element that each layer adds, the slope of the curve at each inner layer as a
+lambda (`evaluate.rd_slopes`: what `train.plane_level_lambdas` follows) and the BD-rate of every file
+against the first.
 Slice-layered and plane-layered weights alike (a plane-layered layer k is the plain decoder's: each
 value's table mean inside the interval that k plane layers leave, `PlaneFills.residual`).
 
@@ -21,7 +23,7 @@ from PIL import Image
 from codec.api import _padded_tensor
 from codec.data import CropSampler
 from codec.entropy import VALUE_LIMIT
-from codec.evaluate import bd_rate
+from codec.evaluate import bd_rate, rd_slopes
 from codec.model import ProgressiveCodec, bits
 from codec.plane_fills import PlaneFills
 from codec.train import psnr
@@ -152,6 +154,8 @@ def main(paths: list[str]):
         print(path)
         print("  layers 1..: " + " ".join(f"{b:.3f}/{q:.2f}" for b, q in curve))
         print("  bits per latent element each layer adds: " + " ".join(f"{b:.2f}" for b in per_layer))
+        print("  lambda (the curve's slope) at layers 2..%d: " % (len(curve) - 1)
+              + " ".join(f"{s:.2g}" for s in rd_slopes(curve)))
         if first is None:
             first = curve
         else:

@@ -123,6 +123,15 @@ def bd_rate(anchor: list[tuple[float, float]], test: list[tuple[float, float]]) 
     return float((math.exp(diff) - 1) * 100)
 
 
+def rd_slopes(curve: list[tuple[float, float]]) -> list[float]:
+    """The training objective's lambda at each inner point of an RD curve (bpp, PSNR on [0, 1] images):
+    -d(bpp) / d(255^2 MSE), from central differences. A loss bpp + lambda * 255^2 * MSE is stationary
+    along the curve there, so a term with this lambda asks for a better point, not a slide along it."""
+    rate = np.array([p[0] for p in curve])
+    distortion = 255**2 * 10 ** (-np.array([p[1] for p in curve]) / 10)
+    return list(-(rate[2:] - rate[:-2]) / (distortion[2:] - distortion[:-2]))
+
+
 def reusable_rows(anchors: Path, images: list[str]) -> list[dict]:
     """The classical-codec rows of an earlier `results.json` for exactly these images, for codecs that
     have a row per setting for every one of them (their results never change, and measuring them again

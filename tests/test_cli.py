@@ -249,6 +249,21 @@ def test_bd_rate_of_a_curve_against_itself_and_a_cheaper_one():
     assert abs(bd_rate(curve, cheaper) - (-20.0)) < 1e-6
 
 
+def test_rd_slopes_are_the_lambda_of_a_known_curve():
+    from codec.evaluate import rd_slopes
+
+    # bpp = -b ln(D) with D = 255^2 MSE: -dbpp/dD = b / D exactly, so central differences on a fine
+    # grid recover it, and halving the rate per unit of log-distortion halves every lambda.
+    b = 0.3
+    psnrs = np.linspace(25, 40, 61)
+    distortion = 255**2 * 10 ** (-psnrs / 10)
+    curve = [(-b * np.log(d) + 4, p) for d, p in zip(distortion, psnrs)]
+    slopes = rd_slopes(curve)
+    assert len(slopes) == len(curve) - 2
+    assert np.allclose(slopes, b / distortion[1:-1], rtol=1e-3)
+    assert np.allclose(rd_slopes([(r / 2, p) for r, p in curve]), np.array(slopes) / 2)
+
+
 def test_outputs_get_normal_permissions_and_missing_folders_fail_cleanly(run, images, tiny_weights, tmp_path):
     out = tmp_path / "perm.sic"
     assert run("encode", images[0], "-o", out, "--weights", tiny_weights).exit_code == 0
