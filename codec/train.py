@@ -181,9 +181,9 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
 def plane_level_lambdas(levels: int) -> list[float]:
     """lambda per level for plane-level training (`progressive_loss` with `fills`): level 0 (z alone)
     and the full file keep the slice objective's q1 and q8 (0.0018, 0.18); level k in between gets
-    a geometric ramp from 0.0004 to 0.08 near the slope of the shipped default's own curve at that
-    layer (`evaluate.rd_slopes`, printed by benchmarks/float_curves.py; six Kodak images, session 24's
-    file: 0.00031, 0.00095, 0.0033, 0.006, 0.019, 0.052 at 1, 2, 4, 6, 8, 10 plane layers, where the
+    a geometric ramp from 0.0004 to 0.08 near the slope of the default's own curve at that layer
+    (`evaluate.rd_slopes`, printed by benchmarks/float_curves.py; six Kodak images, session 24's
+    default: 0.00031, 0.00095, 0.0033, 0.006, 0.019, 0.052 at 1, 2, 4, 6, 8, 10 plane layers, where the
     ramp gives 0.00062, 0.00097, 0.0023, 0.0057, 0.014, 0.033). A level asked for another lambda than
     its slope would slide along the curve instead of improving it (session 20: without a rate term,
     every layer count moved up in rate)."""
