@@ -1,19 +1,19 @@
 #!/bin/bash
-# Continue the shipped weights on a lent GPU: the session-14 device call (docs/training.md, session 14).
+# Continue weights on a lent GPU: the session-14 device call (docs/training.md, sessions 14, 18, 20, 26).
 #
 # Here, once (.gpudata/ and .whl/ are git-ignored; .whl/ holds the wheels of docs/training.md session 11):
-#     bash benchmarks/gpu_continue.sh prepare [MB] [PART]  # .gpudata/train: part PART (0) of the data
-# then take weights/sicc-prior.safetensors out of the index for the call (64 MiB limit) and call the
-# device tool with command `bash benchmarks/gpu_continue.sh train` and carry [".gpudata", ".whl"].
+#     bash benchmarks/gpu_continue.sh prepare [MB] [PART]  # .gpudata/partPART: part PART (0) of the data
+# Part 0 is the shuffled files, each taken while it still fits under MB; part 1 does the same with the
+# files part 0 left, and so on. Take every weights file out of the index for the calls (64 MiB limit:
+# `git rm -q --cached weights/*.safetensors` with `/weights/*.safetensors` in .git/info/exclude; `git
+# reset -q -- weights` after) and put the file to resume from in .gpudata/ as NAME.safetensors. Send
+# each part in a short call of its own, command `bash benchmarks/gpu_continue.sh stage P`, carry
+# [".gpudata/partP", ".gpudata/NAME.safetensors", ".whl"]: it copies the part to /tmp/data and the
+# weights to /tmp/NAME.safetensors, and installs the wheels (all of it stays for the next call while the
+# machine is warm). With a tree under 1 MB, `prepare 62 P` makes three parts (0-2, session 18). Then
+# `DATA=/tmp/data bash benchmarks/gpu_continue.sh train` (or `stage 2 && ... train` in one call).
 # Each arm is "name resume lr lpips-weight [more sicc train options]"; the fp16 model files and logs
 # come back in $OUT (up to three arms: 8 files at most come back).
-# Part 0 is session 14's subset: the shuffled files, each taken while it still fits under MB; part 1
-# does the same with the files part 0 left, and so on (29 MB: parts 0-4 hold all 1 432 images). To train
-# on more than one call can carry, send each part in a short call of its own with command
-# `bash benchmarks/gpu_continue.sh stage` (files written there stay for the next call while the machine
-# is warm), then `DATA=/tmp/data bash benchmarks/gpu_continue.sh train`. With every weights file out of
-# the index for the staging calls (the tree is then under 1 MB), `prepare 62 P` makes three parts
-# (0-2, session 18), so three staging calls carry all of the data.
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -22,7 +22,8 @@ prepare)
 import glob, os, random, shutil, sys
 cap, part = float(sys.argv[1]) * 1e6, int(sys.argv[2])
 fs = sorted(glob.glob("../shared/data/train/*/*")); random.seed(2026); random.shuffle(fs)
-shutil.rmtree(".gpudata/train", ignore_errors=True); os.makedirs(".gpudata/train")  # no files of an earlier cap
+dest = f".gpudata/part{part}"
+shutil.rmtree(dest, ignore_errors=True); os.makedirs(dest)  # no files of an earlier cap
 size = {f: os.path.getsize(f) for f in fs}
 for _ in range(part + 1):
     total, taken, left = 0, [], []
@@ -33,15 +34,21 @@ for _ in range(part + 1):
             left.append(f)
     fs = left
 for f in taken:  # named by folder too: two folders may hold the same file name
-    shutil.copy(f, f".gpudata/train/{os.path.basename(os.path.dirname(f))}-{os.path.basename(f)}")
-print(f"part {part}: {len(taken)} images, {total / 1e6:.1f} MB in .gpudata/train; {len(fs)} images in later parts")
+    shutil.copy(f, f"{dest}/{os.path.basename(os.path.dirname(f))}-{os.path.basename(f)}")
+print(f"part {part}: {len(taken)} images, {total / 1e6:.1f} MB in {dest}; {len(fs)} images in later parts")
 PY
   ;;
 stage)
-  mkdir -p /tmp/data && cp .gpudata/train/* /tmp/data/ && echo "$(ls /tmp/data | wc -l) images in /tmp/data"
+  mkdir -p /tmp/data && cp ".gpudata/part${2:-0}"/* /tmp/data/ && echo "$(ls /tmp/data | wc -l) images in /tmp/data" || exit 3
+  for f in .gpudata/*.safetensors; do [ -e "$f" ] && cp "$f" /tmp/ && echo "$f in /tmp"; done
+  if [ -d .whl ] && [ ! -d /tmp/site ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+  fi
   ;;
 train)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+  if [ ! -d /tmp/site ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
+  fi
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
   ARMS=${ARMS:-"M weights/sicc-base.safetensors 3e-4 0;L1 weights/sicc-base-lpips.safetensors 1e-4 4"}
@@ -54,16 +61,18 @@ train)
       --lpips-weight "$weight" --threads 4 --max-minutes "${MIN:-8.6}" --seed "${SEED:-31}" -q $more \
       > "/tmp/train-$name.out" 2>&1 &
   done
-  sleep 90; nvidia-smi >> "$OUT/gpu.txt"
+  # the GPU's load 90 s in, unless every arm has ended by then (a crash should cost seconds)
+  for _ in $(seq 90); do sleep 1; [ -n "$(jobs -r)" ] || break; done
+  nvidia-smi >> "$OUT/gpu.txt"
   wait
   for arm in "${arms[@]}"; do
     read -r name _ <<< "$arm"
-    cp "/tmp/run-$name/weights.safetensors" "$OUT/$name.safetensors"
+    cp "/tmp/run-$name/weights.safetensors" "$OUT/$name.safetensors" || tail -n 5 "/tmp/train-$name.out"
     cp "/tmp/run-$name/log.jsonl" "$OUT/$name.log.jsonl"  # JSON lines only: plot_training.py reads it
     { echo "== $name"; cat "/tmp/train-$name.out"; } >> "$OUT/train.out"  # one file: at most 8 come back
     tail -n 1 "/tmp/run-$name/log.jsonl" | cut -c1-300
   done
   ;;
-*) echo "usage: bash benchmarks/gpu_continue.sh prepare [MB] [PART] | stage | train  (env ARMS, MIN, SEED, DATA)" >&2
+*) echo "usage: bash benchmarks/gpu_continue.sh prepare [MB] [PART] | stage [PART] | train  (env ARMS, MIN, SEED, DATA)" >&2
    exit 2 ;;
 esac
