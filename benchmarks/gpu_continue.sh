@@ -6,16 +6,21 @@
 # Part 0 is the shuffled files, each taken while it still fits under MB; part 1 does the same with the
 # files part 0 left, and so on. Take every weights file out of the index for the calls (64 MiB limit:
 # `git rm -q --cached weights/*.safetensors` with `/weights/*.safetensors` in .git/info/exclude; `git
-# reset -q -- weights` after) and put the file to resume from in .gpudata/ as NAME.safetensors. Send
+# reset -q -- weights` after) and copy the file to resume from to .gpudata/resume.safetensors. Send
 # each part in a short call of its own, command `bash benchmarks/gpu_continue.sh stage P`, carry
-# [".gpudata/partP", ".gpudata/NAME.safetensors", ".whl"]: it copies the part to /tmp/data and the
-# weights to /tmp/NAME.safetensors, and installs the wheels (all of it stays for the next call while the
-# machine is warm). With a tree under 1 MB, `prepare 62 P` makes three parts (0-2, session 18). Then
-# `DATA=/tmp/data bash benchmarks/gpu_continue.sh train` (or `stage 2 && ... train` in one call).
+# [".gpudata/partP", ".gpudata/resume.safetensors", ".whl"] (the first call; later ones need only the
+# part): it copies the part to /tmp/data and .gpudata/*.safetensors to /tmp/, and installs the wheels
+# (all of it stays for the next call while the machine is warm). With a tree under 1 MB, `prepare 62 P`
+# makes three parts (0-2, session 18), `prepare 52 P` too with a 10 MB weights file beside part 0
+# (session 26). Then `bash benchmarks/gpu_continue.sh train` (or `stage 2 && ... train` in one call).
 # Each arm is "name resume lr lpips-weight [more sicc train options]"; the fp16 model files and logs
 # come back in $OUT (up to three arms: 8 files at most come back).
 set -u
 cd "$(dirname "$0")/.."
+install_wheels() {  # once per machine: what stays in /tmp serves the later calls
+  [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 3
+}
 case "${1:-}" in
 prepare)
   python3 - "${2:-29}" "${3:-0}" <<'PY'
@@ -41,22 +46,18 @@ PY
 stage)
   mkdir -p /tmp/data && cp ".gpudata/part${2:-0}"/* /tmp/data/ && echo "$(ls /tmp/data | wc -l) images in /tmp/data" || exit 3
   for f in .gpudata/*.safetensors; do [ -e "$f" ] && cp "$f" /tmp/ && echo "$f in /tmp"; done
-  if [ -d .whl ] && [ ! -d /tmp/site ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  fi
+  if [ -d .whl ]; then install_wheels; fi
   ;;
 train)
-  if [ ! -d /tmp/site ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  fi
+  install_wheels
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
-  ARMS=${ARMS:-"M weights/sicc-base.safetensors 3e-4 0;L1 weights/sicc-base-lpips.safetensors 1e-4 4"}
+  ARMS=${ARMS:-"M /tmp/resume.safetensors 1e-4 0 --plane-levels --full-weight 0.3 --ema 0.999"}  # the default's recipe
   IFS=';' read -ra arms <<< "$ARMS"
   for arm in "${arms[@]}"; do
     read -r name resume lr weight more <<< "$arm"
     # $more unquoted: its words are options, e.g. "--z-rate-weight 2"
-    OMP_NUM_THREADS=4 python3 -m codec train codec "${DATA:-.gpudata/train}" --out "/tmp/run-$name" \
+    OMP_NUM_THREADS=4 python3 -m codec train codec "${DATA:-/tmp/data}" --out "/tmp/run-$name" \
       --resume "$resume" --device cuda --precision bf16 --batch-size 16 --patch-size 256 --lr "$lr" \
       --lpips-weight "$weight" --threads 4 --max-minutes "${MIN:-8.6}" --seed "${SEED:-31}" -q $more \
       > "/tmp/train-$name.out" 2>&1 &
