@@ -477,6 +477,21 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
         sys.exit(1)
 
 
+def _lambda_ramp(ctx, param, value):
+    """LOW,HIGH -> (low, high), two positive floats in order; None -> the training default."""
+    from .train import PLANE_LAMBDA_RAMP
+
+    if value is None:
+        return PLANE_LAMBDA_RAMP
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("takes two numbers, LOW,HIGH, e.g. 0.0004,0.08") from None
+    if not 0 < low < high:
+        raise click.BadParameter("needs 0 < LOW < HIGH")
+    return low, high
+
+
 @train.command("codec")
 @_training_options(batch_size=8, patch_size=128, lr=3e-4, model_name="codec")
 @click.option("--reg-alpha", default=0.0, show_default=True, type=click.FloatRange(min=0),
@@ -505,6 +520,9 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 @click.option("--plane-levels", is_flag=True,
               help="Plane-layered weights: each step's level term is a file of z and k plane layers (k in "
                    "turn over 0..L-1) with its own bits, instead of z alone.")
+@click.option("--plane-lambdas", callback=_lambda_ramp, metavar="LOW,HIGH",
+              help="With --plane-levels: the ends of the geometric lambda ramp over the plane levels "
+                   "(level 0 and the full file keep 0.0018 and 0.18).  [default: 0.0004,0.08]")
 @_device_option("auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
 def train_codec_cmd(data_dir, small, quiet, slices, layering, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""

@@ -178,16 +178,19 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
     return {"loss": loss, **terms}
 
 
-def plane_level_lambdas(levels: int) -> list[float]:
+PLANE_LAMBDA_RAMP = (0.0004, 0.08)
+
+
+def plane_level_lambdas(levels: int, ramp: tuple[float, float] = PLANE_LAMBDA_RAMP) -> list[float]:
     """lambda per level for plane-level training (`progressive_loss` with `fills`): level 0 (z alone)
     and the full file keep the slice objective's q1 and q8 (0.0018, 0.18); level k in between gets
-    a geometric ramp from 0.0004 to 0.08 near the slope of the default's own curve at that layer
+    a geometric ramp over the levels between `ramp`'s two ends (0.0004 to 0.08 by default), near the slope of the default's own curve at that layer
     (`evaluate.rd_slopes`, printed by benchmarks/float_curves.py; six Kodak images, session 24's
     default: 0.00031, 0.00095, 0.0033, 0.006, 0.019, 0.052 at 1, 2, 4, 6, 8, 10 plane layers, where the
     ramp gives 0.00062, 0.00097, 0.0023, 0.0057, 0.014, 0.033). A level asked for another lambda than
     its slope would slide along the curve instead of improving it (session 20: without a rate term,
     every layer count moved up in rate)."""
-    slope = level_lambdas(levels, low=0.0004, high=0.08)
+    slope = level_lambdas(levels, low=ramp[0], high=ramp[1])
     q1, q8 = level_lambdas(1)
     return [q1, *slope[1:levels], q8]
 
@@ -359,7 +362,7 @@ def train_codec(
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
     device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0, frozen_transforms: bool = False,
-    ema: float = 0.0, plane_levels: bool = False,
+    ema: float = 0.0, plane_levels: bool = False, plane_lambdas: tuple[float, float] = PLANE_LAMBDA_RAMP,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
@@ -372,7 +375,7 @@ def train_codec(
     keeps an exponential moving average of the weights with that decay per step (`WeightAverage`), and
     the exported weights are the average's. `plane_levels` (plane-layered weights) makes the level
     term of step s a file of z and s mod L plane layers with its own bits (`progressive_loss` with
-    fills, `plane_level_lambdas`) instead of z alone."""
+    fills, `plane_level_lambdas` with the ramp `plane_lambdas`) instead of z alone."""
     from .weights import export_weights
 
     out_dir = _prepare(out_dir, threads, seed)
@@ -404,7 +407,7 @@ def train_codec(
     average = WeightAverage(model, ema, state.get("ema") if state else None) if ema > 0 else None
     sampler = CropSampler(data_dir, patch_size, seed=seed + step + 1_000_003 * dist.rank)
     levels = fills.levels if fills else len(cfg.slices)  # the level terms take 0..levels-1 in turn
-    lambdas = plane_level_lambdas(levels) if fills else level_lambdas(levels)
+    lambdas = plane_level_lambdas(levels, plane_lambdas) if fills else level_lambdas(levels)
     gammas = level_gammas(levels, lpips_weight)
     lpips = None
     if lpips_weight > 0:

@@ -200,6 +200,27 @@ def test_plane_level_terms_are_files_of_that_many_plane_layers(plane_weights):
     assert terms[1]["mse_level"].item() != pytest.approx(full["mse_full"].item(), rel=1e-5)
 
 
+def test_plane_lambda_ramp_sets_the_inner_levels_only():
+    # --plane-lambdas LOW,HIGH moves the inner levels' ramp; z alone and the full file keep q1 and q8
+    from codec.train import PLANE_LAMBDA_RAMP, plane_level_lambdas
+
+    L = 12
+    default, steeper = plane_level_lambdas(L), plane_level_lambdas(L, (0.0003, 0.17))
+    assert plane_level_lambdas(L, PLANE_LAMBDA_RAMP) == default
+    assert (steeper[0], steeper[-1]) == (default[0], default[-1])
+    ratios = [b / a for a, b in zip(steeper[1:L], steeper[2:L])]
+    assert ratios == pytest.approx([(0.17 / 0.0003) ** (1 / L)] * (L - 2))
+    assert steeper[1] < default[1] and steeper[L - 1] > default[L - 1]
+
+
+@pytest.mark.parametrize("value", ["0.08,0.0004", "0.1", "a,b", "0,0.1"])
+def test_plane_lambda_ramp_rejects_bad_values(tmp_path, value):
+    data = photo_dir(tmp_path / "data", 1, 64, 64)
+    r = CliRunner().invoke(cli, ["train", "codec", str(data), "--out", str(tmp_path / "run"),
+                                  "--plane-lambdas", value, "--steps", "1", "-q"])
+    assert r.exit_code == 2 and "--plane-lambdas" in r.output and not (tmp_path / "run").exists()
+
+
 def test_plane_levels_need_plane_weights(tmp_path, tiny_weights):
     data = photo_dir(tmp_path / "data", 2, 64, 64)
     r = CliRunner().invoke(cli, ["train", "codec", str(data), "--out", str(tmp_path / "run"), "--resume",
