@@ -4,6 +4,7 @@ the library API. Heavy imports (torch) happen inside the commands that need them
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -487,8 +488,8 @@ def _lambda_ramp(ctx, param, value):
         low, high = (float(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter("takes two numbers, LOW,HIGH, e.g. 0.0004,0.08") from None
-    if not 0 < low < high:
-        raise click.BadParameter("needs 0 < LOW < HIGH")
+    if not 0 < low < high < math.inf:
+        raise click.BadParameter("needs 0 < LOW < HIGH, both finite")
     return low, high
 
 

@@ -380,6 +380,8 @@ def train_codec(
     fills, `plane_level_lambdas` with the ramp `plane_lambdas`) instead of z alone."""
     from .weights import export_weights
 
+    if tuple(plane_lambdas) != PLANE_LAMBDA_RAMP and not plane_levels:
+        raise SiccError("--plane-lambdas needs --plane-levels (it sets the plane levels' lambdas)")
     out_dir = _prepare(out_dir, threads, seed)
     dist = Distributed(device)
     model, state = model_to_train(resume, cfg)

@@ -213,12 +213,20 @@ def test_plane_lambda_ramp_sets_the_inner_levels_only():
     assert steeper[1] < default[1] and steeper[L - 1] > default[L - 1]
 
 
-@pytest.mark.parametrize("value", ["0.08,0.0004", "0.1", "a,b", "0,0.1"])
+@pytest.mark.parametrize("value", ["0.08,0.0004", "0.1", "a,b", "0,0.1", "0.1,inf"])
 def test_plane_lambda_ramp_rejects_bad_values(tmp_path, value):
     data = photo_dir(tmp_path / "data", 1, 64, 64)
     r = CliRunner().invoke(cli, ["train", "codec", str(data), "--out", str(tmp_path / "run"),
                                   "--plane-lambdas", value, "--steps", "1", "-q"])
     assert r.exit_code == 2 and "--plane-lambdas" in r.output and not (tmp_path / "run").exists()
+
+
+def test_plane_lambda_ramp_needs_plane_levels(tmp_path, tiny_weights):
+    data = photo_dir(tmp_path / "data", 1, 64, 64)
+    r = CliRunner().invoke(cli, ["train", "codec", str(data), "--out", str(tmp_path / "run"), "--resume",
+                                  str(tiny_weights), "--plane-lambdas", "0.0003,0.17", "--steps", "1", "-q"])
+    assert r.exit_code == 1 and "--plane-lambdas needs --plane-levels" in r.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_plane_levels_need_plane_weights(tmp_path, tiny_weights):
