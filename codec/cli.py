@@ -479,11 +479,9 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
 
 
 def _lambda_ramp(ctx, param, value):
-    """LOW,HIGH -> (low, high), two positive floats in order; None -> the training default."""
-    from .train import PLANE_LAMBDA_RAMP
-
+    """LOW,HIGH -> (low, high), two positive finite floats in order; None (not given) stays None."""
     if value is None:
-        return PLANE_LAMBDA_RAMP
+        return None
     try:
         low, high = (float(v) for v in value.split(","))
     except ValueError:

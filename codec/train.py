@@ -181,10 +181,10 @@ def progressive_loss(model: ProgressiveCodec, x: torch.Tensor, level: int, lambd
 PLANE_LAMBDA_RAMP = (0.0004, 0.08)
 
 
-def plane_level_lambdas(levels: int, ramp: tuple[float, float] = PLANE_LAMBDA_RAMP) -> list[float]:
+def plane_level_lambdas(levels: int, ramp: tuple[float, float] | None = None) -> list[float]:
     """lambda per level for plane-level training (`progressive_loss` with `fills`): level 0 (z alone)
     and the full file keep the slice objective's q1 and q8 (0.0018, 0.18); level k in between gets
-    a geometric ramp over the levels between `ramp`'s two ends (0.0004 to 0.08 by default), within
+    a geometric ramp over the levels between `ramp`'s two ends (None: PLANE_LAMBDA_RAMP), within
     0.5-2x of the slope of the default's own curve at that layer (`evaluate.rd_slopes`, printed by
     benchmarks/float_curves.py; six Kodak images, session 24's default: 0.00031, 0.00095, 0.0033, 0.006,
     0.019, 0.052 at 1, 2, 4, 6, 8, 10 plane layers, where the ramp gives 0.00062, 0.00097, 0.0023,
@@ -192,7 +192,8 @@ def plane_level_lambdas(levels: int, ramp: tuple[float, float] = PLANE_LAMBDA_RA
     27: 0.0003 to 0.17) slid every layer count up in rate, 1-9 % more bits for up to 0.5 dB, on about the
     same curve (Kodak BD-rate +0.3 % against this one): the ramp sets where the layers sit more than how
     good the curve is."""
-    slope = level_lambdas(levels, low=ramp[0], high=ramp[1])
+    low, high = ramp or PLANE_LAMBDA_RAMP
+    slope = level_lambdas(levels, low=low, high=high)
     q1, q8 = level_lambdas(1)
     return [q1, *slope[1:levels], q8]
 
@@ -364,7 +365,7 @@ def train_codec(
     log_every: int = 20, cfg: ModelConfig | None = None, progress: bool = True,
     max_minutes: float | None = None, reg_alpha: float = 0.0, precision: str = "fp32", lpips_weight: float = 0.0,
     device: str = "auto", full_weight: float = 0.5, z_rate_weight: float = 1.0, frozen_transforms: bool = False,
-    ema: float = 0.0, plane_levels: bool = False, plane_lambdas: tuple[float, float] = PLANE_LAMBDA_RAMP,
+    ema: float = 0.0, plane_levels: bool = False, plane_lambdas: tuple[float, float] | None = None,
 ) -> Path:
     """Train (or resume) the codec; writes `out_dir/checkpoint.pt` and `out_dir/weights.safetensors`.
     `reg_alpha` > 0 adds the conditional-source-entropy regularizer (regularizer.py); `precision`
@@ -377,10 +378,10 @@ def train_codec(
     keeps an exponential moving average of the weights with that decay per step (`WeightAverage`), and
     the exported weights are the average's. `plane_levels` (plane-layered weights) makes the level
     term of step s a file of z and s mod L plane layers with its own bits (`progressive_loss` with
-    fills, `plane_level_lambdas` with the ramp `plane_lambdas`) instead of z alone."""
+    fills, `plane_level_lambdas` with the ramp `plane_lambdas`, None: the default) instead of z alone."""
     from .weights import export_weights
 
-    if tuple(plane_lambdas) != PLANE_LAMBDA_RAMP and not plane_levels:
+    if plane_lambdas is not None and not plane_levels:
         raise SiccError("--plane-lambdas needs --plane-levels (it sets the plane levels' lambdas)")
     out_dir = _prepare(out_dir, threads, seed)
     dist = Distributed(device)
