@@ -55,12 +55,33 @@ class _checkpoint_on_interrupt:
         return False
 
 
+# Every tensor a collective sends, one per (size, dtype, device), held until the interpreter exits. gloo's
+# worker thread can drop its last reference to a finished collective's tensor after Python has moved on
+# (a barrier keeps weak references to the work before it, and frees it only when the barrier's own work
+# is freed). If Python had already let go of the tensor, that drop has to take the GIL; during
+# interpreter exit it cannot, and the thread's forced exit ends the process in std::terminate (a core
+# of rank 1: ~AsyncBarrierWork -> ~AsyncAllreduceWork -> decref_pyobject -> take_gil -> pthread_exit).
+# The threads outlive destroy_process_group here: creating a torch.optim optimizer imports torch._dynamo,
+# whose torch.distributed._shard keeps the default group alive. A tensor Python still holds is never
+# freed by the worker, so the worker needs no GIL.
+_COLLECTIVE_BUFFERS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def collective_buffer(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The process's one flat buffer of this size, dtype and device for collectives (see above)."""
+    key = (numel, dtype, torch.device(device))
+    if key not in _COLLECTIVE_BUFFERS:
+        _COLLECTIVE_BUFFERS[key] = torch.empty(numel, dtype=dtype, device=device)
+    return _COLLECTIVE_BUFFERS[key]
+
+
 class Distributed:
     """torchrun support (WORLD_SIZE/RANK/LOCAL_RANK from the environment; one process = one world of 1).
 
     Gradients are averaged by hand instead of through the DDP wrapper: the progressive loss leaves other
     slice networks unused at every level and the aux loss has its own backward, both of which DDP's
-    reducer refuses. Rank 0 alone logs and checkpoints; its clock decides when every rank stops."""
+    reducer refuses. Rank 0 alone logs and checkpoints; its clock decides when every rank stops.
+    Collectives send `collective_buffer`s or the model's own tensors, never a temporary."""
 
     def __init__(self, device: str = "auto"):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -91,18 +112,18 @@ class Distributed:
         if self.world == 1:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = collective_buffer(sum(g.numel() for g in grads), grads[0].dtype, grads[0].device)
+        torch.cat([g.reshape(-1) for g in grads], out=flat)
         torch.distributed.all_reduce(flat)
         flat /= self.world
         offset = 0
         for p in params:
-            p.grad = flat[offset : offset + p.numel()].view(p.shape).clone()
+            p.grad = flat[offset : offset + p.numel()].view(p.shape).clone()  # the buffer is reused
             offset += p.numel()
 
     def close(self):
         """Every rank waits for the others to finish (rank 0 writes the last checkpoint) before the
-        process group is torn down: a rank leaving with the group still up can abort its peer's exit
-        (one CI run saw rank 1 end on SIGABRT after three steps)."""
+        process group is torn down: a rank leaving with the group still up can abort its peer's exit."""
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
@@ -110,7 +131,8 @@ class Distributed:
     def rank0_value(self, value: float) -> float:
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        t = collective_buffer(1, torch.float64, self.device)
+        t.fill_(value)
         torch.distributed.broadcast(t, 0)
         return float(t.item())
 
