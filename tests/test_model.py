@@ -3,7 +3,8 @@ import torch
 
 from codec.api import _padded_tensor
 from codec.model import TINY_CONFIG, ProgressiveCodec, bits, level_gammas, level_lambdas
-from codec.train import codec_update, finite_step, model_to_train, progressive_loss, split_parameters
+from codec.train import (_COLLECTIVE_BUFFERS, Distributed, codec_update, finite_step, model_to_train, progressive_loss,
+                         split_parameters)
 from codec.weights import load_codec
 
 from .conftest import photo
@@ -100,6 +101,38 @@ def test_lpips_term_scores_the_clamped_image_the_decoder_delivers():
     delivered = (terms["x_full"].detach().clamp(0, 1)[0].permute(1, 2, 0) * 255).round().numpy()
     reference = (x[0].permute(1, 2, 0) * 255).round().numpy()
     assert abs(terms["lpips_full"].item() - lpips_of_arrays(reference, delivered)) < 0.02
+
+
+def test_collectives_send_only_buffers_held_for_the_whole_process(monkeypatch):
+    # gloo's worker may free a finished collective's tensor after Python dropped it, which aborts an
+    # exiting interpreter (train.py, _COLLECTIVE_BUFFERS); two ranks simulated: all_reduce sums with a
+    # peer whose gradients are 3x ours, broadcast brings rank 0's value
+    sent = []
+
+    def all_reduce(t):
+        sent.append(t)
+        t.mul_(4)
+
+    def broadcast(t, src):
+        sent.append(t)
+        t.fill_(7.5)
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    monkeypatch.setattr(torch.distributed, "broadcast", broadcast)
+    dist = Distributed.alone()
+    dist.world = 2
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    params = list(model.parameters())
+    for step in range(2):
+        model.zero_grad(set_to_none=True)
+        model(torch.randn(5, 3)).sum().backward()
+        ours = [p.grad.clone() for p in params]
+        dist.average_gradients(params)
+        assert all(torch.allclose(p.grad, 2 * g) for p, g in zip(params, ours))
+    assert dist.rank0_value(1.0) == 7.5 and dist.rank0_value(2.0) == 7.5
+    held = [id(t) for t in _COLLECTIVE_BUFFERS.values()]
+    assert len(sent) == 4 and all(id(t) in held for t in sent)
+    assert sent[0] is sent[1] and sent[2] is sent[3]  # reused, not one per call
 
 
 def test_a_nonfinite_gradient_skips_the_update_and_keeps_the_optimiser_state():
