@@ -57,10 +57,11 @@ class _checkpoint_on_interrupt:
 
 # Every tensor a collective sends, one per (size, dtype, device), held until the interpreter exits. gloo's
 # worker thread can drop its last reference to a finished collective's tensor after Python has moved on
-# (a barrier keeps weak references to the work before it, and frees it only when the barrier's own work
-# is freed). If Python had already let go of the tensor, that drop has to take the GIL; during
-# interpreter exit it cannot, and the thread's forced exit ends the process in std::terminate (a core
-# of rank 1: ~AsyncBarrierWork -> ~AsyncAllreduceWork -> decref_pyobject -> take_gil -> pthread_exit).
+# (a barrier holds weak references to the works before it, so a finished all_reduce's work, and with it
+# its tensor, is destroyed only when the barrier's work is). If Python had already let go of the tensor,
+# that drop has to take the GIL; during interpreter exit it cannot, and the thread's forced exit ends the
+# process in std::terminate (a core of rank 1: ~AsyncBarrierWork -> ~AsyncAllreduceWork ->
+# decref_pyobject -> take_gil -> pthread_exit).
 # The threads outlive destroy_process_group here: creating a torch.optim optimizer imports torch._dynamo,
 # whose torch.distributed._shard keeps the default group alive. A tensor Python still holds is never
 # freed by the worker, so the worker needs no GIL.
