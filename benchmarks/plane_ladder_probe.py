@@ -47,6 +47,7 @@ def deadzone_cell(v, t, pm, p):
 
 
 def cell_bits(pm, t, a, b):
+    """Ideal bits that narrow an element of table t to [a, b]: -log2 of the cell's share of the counts."""
     w = pm.weight(t, a, b).astype(np.float64)
     total = pm.cum[t, -1].astype(np.float64)
     return -np.log2(np.maximum(w, 1) / total)
@@ -59,7 +60,7 @@ def ladder_curve(model, pm, samples, cell, levels):
         h, w = x.shape[2:]
         t = lat.tables.numpy().ravel().astype(np.int64)
         v = lat.symbols.numpy().ravel().astype(np.int64)
-        v = np.clip(v, pm.lo[t], pm.hi[t])
+        v = np.clip(v, pm.lo[t], pm.hi[t])  # escapes (rare) as the table's edge value, in both ladders
         order = np.argsort(-t, kind="stable")
         img_pts = []
         prev_a, prev_b = cell(v, t, pm, levels[0])
