@@ -510,6 +510,10 @@ def _lambda_ramp(ctx, param, value):
               help="How files cut the latent into layers: slices (one layer per slice) or planes (trit planes "
                    "of one slice whose mean and scale come from z). A change starts the new entropy model "
                    "fresh on the --resume file's transforms.  [default: the --resume file's]")
+@click.option("--synthesis-blocks", type=click.IntRange(min=0),
+              help="Residual blocks in the synthesis transform at 1/8 and 1/4 of the image's size. With "
+                   "--resume FILE.safetensors new blocks start as the identity, so training goes on from the "
+                   "file's decoder.  [default: the --resume file's, else 0]")
 @click.option("--freeze-transforms", "frozen_transforms", is_flag=True,
               help="Train only the entropy model (hyperprior, slice networks), not the analysis and "
                    "synthesis transforms.")
@@ -523,7 +527,7 @@ def _lambda_ramp(ctx, param, value):
               help="With --plane-levels: the ends of the geometric lambda ramp over the plane levels "
                    "(level 0 and the full file keep 0.0018 and 0.18).  [default: 0.0004,0.08]")
 @_device_option("auto: CUDA when there is one. Under torchrun every rank trains (one GPU per rank).")
-def train_codec_cmd(data_dir, small, quiet, slices, layering, **kwargs):
+def train_codec_cmd(data_dir, small, quiet, slices, layering, synthesis_blocks, **kwargs):
     """Train the progressive codec on random crops of the images under DATA_DIR."""
     import dataclasses
 
@@ -541,18 +545,23 @@ def train_codec_cmd(data_dir, small, quiet, slices, layering, **kwargs):
         if not sizes or min(sizes) < 1:
             raise click.UsageError("--slices takes positive channel counts")
         cfg = dataclasses.replace(cfg or ModelConfig(), slices=sizes, M=sum(sizes))
-    if layering:
-        from .train import plane_layout
+    if layering or synthesis_blocks is not None:
+        # A change to one part of the layout keeps the rest of the --resume file's.
         from .weights import read_config
 
         resume = kwargs["resume"]
         if cfg is None and resume is not None and resume.suffix != ".pt":
             cfg = read_config(resume)
         cfg = cfg or ModelConfig()
+    if layering:
+        from .train import plane_layout
+
         if slices and layering == "planes":
             raise click.UsageError("--slices and --layering planes exclude each other (planes code one slice)")
         if layering != cfg.layering:
             cfg = plane_layout(cfg) if layering == "planes" else dataclasses.replace(cfg, layering="slices")
+    if synthesis_blocks is not None:
+        cfg = dataclasses.replace(cfg, synthesis_blocks=synthesis_blocks)
     path = _run_training(train_codec, data_dir, quiet, cfg=cfg, **kwargs)
     click.echo(f"weights: {path}")
 

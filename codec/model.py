@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,6 +38,10 @@ class ModelConfig:
     # has one slice (mean and scale from z alone) sent as trit planes, coarse to fine, across all
     # channels (planes.py): a low layer holds many values roughly rather than a few exactly.
     layering: str = "slices"
+    # Residual blocks in g_s after each of its first two inverse GDNs (1/8 and 1/4 of the image's
+    # size): decoder capacity where it is cheap per pixel. Their last convs start at zero, so a file
+    # grown from one without them decodes the same until trained.
+    synthesis_blocks: int = 0
 
     def __post_init__(self):
         if sum(self.slices) != self.M:
@@ -47,7 +52,10 @@ class ModelConfig:
             raise ValueError("plane layering codes one slice")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if not d["synthesis_blocks"]:  # files without blocks stay readable by versions before them
+            del d["synthesis_blocks"]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
@@ -77,6 +85,31 @@ def _upconv(cin, cout):
     return [nn.Conv2d(cin, cout * 4, 3, padding=1), nn.PixelShuffle(2)]
 
 
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(inplace=True),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _synthesis(N: int, M: int, blocks: int) -> nn.Sequential:
+    """g_s. Its modules keep the names 0..6 they had before residual blocks existed (the blocks are
+    named r1_*, r3_*), so weights files without blocks load into it unchanged."""
+    layers = [_deconv(M, N), GDN(N, inverse=True), _deconv(N, N), GDN(N, inverse=True),
+              _deconv(N, N), GDN(N, inverse=True), _deconv(N, 3)]
+    named = []
+    for i, layer in enumerate(layers):
+        named.append((str(i), layer))
+        if i in (1, 3):
+            named += [(f"r{i}_{b}", ResidualBlock(N)) for b in range(blocks)]
+    return nn.Sequential(OrderedDict(named))
+
+
 class ProgressiveCodec(nn.Module):
     def __init__(self, cfg: ModelConfig = ModelConfig()):
         super().__init__()
@@ -85,10 +118,7 @@ class ProgressiveCodec(nn.Module):
         self.g_a = nn.Sequential(
             _conv(3, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M)
         )
-        self.g_s = nn.Sequential(
-            _deconv(M, N), GDN(N, inverse=True), _deconv(N, N), GDN(N, inverse=True),
-            _deconv(N, N), GDN(N, inverse=True), _deconv(N, 3),
-        )
+        self.g_s = _synthesis(N, M, cfg.synthesis_blocks)
         self.h_a = nn.Sequential(
             _conv(M, N, 3, 1), nn.LeakyReLU(inplace=True), _conv(N, N), nn.LeakyReLU(inplace=True), _conv(N, Z)
         )

@@ -200,6 +200,43 @@ def test_a_new_slice_layout_starts_from_the_files_transforms(tmp_path):
         model_to_train(tmp_path / "c.pt", wide)
 
 
+def test_synthesis_blocks_start_as_the_identity_on_a_files_decoder_and_then_train(tmp_path):
+    import dataclasses
+
+    from codec.latent import SYNTHESIS_MARGIN
+    from codec.tiling import apply_tiled
+    from codec.weights import export_weights, load_float_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    export_weights(ProgressiveCodec(TINY_CONFIG), path)
+    grown_cfg = dataclasses.replace(TINY_CONFIG, synthesis_blocks=2)
+    model, _ = model_to_train(path, grown_cfg)
+    donor = load_float_model(path)
+    assert model.cfg == grown_cfg and sum(name.startswith("g_s.r") for name in model.state_dict()) == 2 * 2 * 4
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x)["x_full"], donor(x)["x_full"])
+    # the blocks' zero last convs still pass gradients to themselves: one step makes them count
+    main, aux = split_parameters(model.train())
+    codec_update(model, x, 1, torch.optim.Adam(main, 1e-3), torch.optim.Adam(aux, 1e-3),
+                 {"lambdas": level_lambdas(len(TINY_CONFIG.slices))})
+    last = model.g_s.r3_1.body[-1].weight
+    assert last.abs().sum() > 0
+    with torch.no_grad():
+        assert not torch.equal(model.eval()(x)["x_full"], donor(x)["x_full"])
+    export_weights(model, tmp_path / "grown.safetensors")
+    reloaded = load_float_model(tmp_path / "grown.safetensors")
+    assert reloaded.cfg == grown_cfg and torch.equal(reloaded.g_s.r3_1.body[-1].weight, last.detach().half().float())
+    # tiled synthesis (large images) still covers the blocks' wider receptive field
+    with torch.no_grad():
+        torch.nn.init.normal_(reloaded.g_s.r1_0.body[-1].weight, std=0.1)
+        y = torch.randn(1, TINY_CONFIG.M, 20, 14)
+        whole = reloaded.g_s(y)
+        tiled = apply_tiled(reloaded.g_s, y, 16, 1, 8, SYNTHESIS_MARGIN)
+    assert (tiled - whole).abs().max() < 1e-4
+
+
 def test_latent_round_trip_is_exact(tiny_weights):
     codec = load_codec(tiny_weights)
     x = _padded_tensor(np.asarray(photo(100, 70)))

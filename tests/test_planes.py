@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -169,6 +170,23 @@ def test_train_planes_head_on_frozen_transforms(tmp_path, tiny_weights):
     for name in ("g_a.0.weight", "g_s.6.weight"):
         assert torch.equal(trained.state_dict()[name], base.state_dict()[name])
     assert not torch.equal(trained.state_dict()["h_s.0.weight"], base.state_dict()["h_s.0.weight"])
+    buf = io.BytesIO()
+    photo(64, 64).save(buf, "PNG")
+    data = encode_image(buf.getvalue(), weights=out / "weights.safetensors")
+    assert decode_image(data, weights=out / "weights.safetensors").size == (64, 64)
+
+
+def test_train_grows_synthesis_blocks_on_a_weights_file(tmp_path, tiny_weights):
+    data = photo_dir(tmp_path / "data", 2, 96, 96)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["train", "codec", str(data), "--out", str(out), "--resume", str(tiny_weights),
+                                  "--synthesis-blocks", "1", "--steps", "2", "--batch-size", "2",
+                                  "--patch-size", "64", "-q"])
+    assert r.exit_code == 0, r.output
+    trained = load_float_model(out / "weights.safetensors")
+    # the rest of the layout is the file's
+    assert trained.cfg == dataclasses.replace(load_float_model(tiny_weights).cfg, synthesis_blocks=1)
+    assert trained.g_s.r1_0.body[-1].weight.abs().sum() > 0
     buf = io.BytesIO()
     photo(64, 64).save(buf, "PNG")
     data = encode_image(buf.getvalue(), weights=out / "weights.safetensors")
