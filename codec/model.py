@@ -50,6 +50,8 @@ class ModelConfig:
             raise ValueError(f"layering {self.layering!r} is not one of {LAYERINGS}")
         if self.layering == "planes" and len(self.slices) != 1:
             raise ValueError("plane layering codes one slice")
+        if not isinstance(self.synthesis_blocks, int) or self.synthesis_blocks < 0:
+            raise ValueError(f"synthesis_blocks {self.synthesis_blocks!r} is not a count")
 
     def to_json(self) -> str:
         d = asdict(self)

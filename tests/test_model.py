@@ -202,8 +202,12 @@ def test_a_new_slice_layout_starts_from_the_files_transforms(tmp_path):
 
 def test_synthesis_blocks_start_as_the_identity_on_a_files_decoder_and_then_train(tmp_path):
     import dataclasses
+    import json
+
+    import pytest
 
     from codec.latent import SYNTHESIS_MARGIN
+    from codec.model import ModelConfig
     from codec.tiling import apply_tiled
     from codec.weights import export_weights, load_float_model
 
@@ -235,6 +239,11 @@ def test_synthesis_blocks_start_as_the_identity_on_a_files_decoder_and_then_trai
         whole = reloaded.g_s(y)
         tiled = apply_tiled(reloaded.g_s, y, 16, 1, 8, SYNTHESIS_MARGIN)
     assert (tiled - whole).abs().max() < 1e-4
+    # a weights file's configuration is checked before any network is built from it
+    for bad in (-1, "2", 1.5):
+        with pytest.raises(ValueError):
+            ModelConfig.from_json(dataclasses.replace(TINY_CONFIG, synthesis_blocks=1).to_json().replace(
+                '"synthesis_blocks": 1', f'"synthesis_blocks": {json.dumps(bad)}'))
 
 
 def test_latent_round_trip_is_exact(tiny_weights):
