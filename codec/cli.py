@@ -464,8 +464,17 @@ def _training_options(batch_size: int, patch_size: int, lr: float, model_name: s
     return decorate
 
 
-def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
+@contextmanager
+def _training_errors(data_dir: Path):
     try:
+        yield
+    except SiccError as e:
+        _fail(str(data_dir), str(e))
+        sys.exit(1)
+
+
+def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
+    with _training_errors(data_dir):
         if kwargs["precision"] == "bf16":
             from .device import has_fast_bf16, resolve_device
 
@@ -473,9 +482,6 @@ def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
                 click.echo("sicc: warning: no native bf16 here (CPU without AVX512-BF16/AMX): --precision bf16 "
                            "is emulated and far slower than fp32", err=True)
         return trainer(data_dir, progress=not quiet and sys.stderr.isatty(), **kwargs)
-    except SiccError as e:
-        _fail(str(data_dir), str(e))
-        sys.exit(1)
 
 
 def _lambda_ramp(ctx, param, value):
@@ -547,11 +553,14 @@ def train_codec_cmd(data_dir, small, quiet, slices, layering, synthesis_blocks, 
         cfg = dataclasses.replace(cfg or ModelConfig(), slices=sizes, M=sum(sizes))
     if layering or synthesis_blocks is not None:
         # A change to one part of the layout keeps the rest of the --resume file's.
+        from .train import checkpoint_config
         from .weights import read_config
 
         resume = kwargs["resume"]
-        if cfg is None and resume is not None and resume.suffix != ".pt":
-            cfg = read_config(resume)
+        if cfg is None and resume is not None:
+            # a checkpoint.pt given the count it already has resumes as it is; model_to_train refuses a change
+            with _training_errors(data_dir):
+                cfg = (checkpoint_config if resume.suffix == ".pt" else read_config)(resume)
         cfg = cfg or ModelConfig()
     if layering:
         from .train import plane_layout

@@ -356,6 +356,22 @@ def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
     return out_dir
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint.pt that train_codec or train_prior wrote: the model's config, its state, the optimizer's."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch and pickle raise many kinds for a file that is not a checkpoint
+        raise SiccError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not {"config", "model", "opt", "step"} <= state.keys():
+        raise SiccError(f"{path}: not a sicc training checkpoint")
+    return state
+
+
+def checkpoint_config(path: Path) -> ModelConfig:
+    """The model a checkpoint.pt resumes (its layout, for options that change one part of it)."""
+    return ModelConfig.from_json(read_checkpoint(path)["config"])
+
+
 def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple[ProgressiveCodec, dict | None]:
     """The codec to train: new (`cfg`, default ModelConfig()), or resumed from a checkpoint.pt (then also
     its full state) or a weights .safetensors. A `cfg` other than the file's starts that model from the
@@ -368,7 +384,7 @@ def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple
         return ProgressiveCodec(cfg or ModelConfig()).train(), None
     state = None
     if Path(resume).suffix == ".pt":
-        state = torch.load(resume, map_location="cpu", weights_only=False)
+        state = read_checkpoint(resume)
         model = ProgressiveCodec(ModelConfig.from_json(state["config"]))
         model.load_state_dict(without_compressai_buffers(state["model"]))
     else:
@@ -499,7 +515,7 @@ def train_prior(
     out_dir = _prepare(out_dir, threads, seed)
     state = None
     if resume is not None and Path(resume).suffix == ".pt":
-        state = torch.load(resume, map_location="cpu", weights_only=False)
+        state = read_checkpoint(resume)
         model = UNet(UNetConfig.from_json(state["config"]))
         model.load_state_dict(state["model"])
     elif resume is not None:

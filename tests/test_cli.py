@@ -193,6 +193,21 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
     assert state["opt"]["param_groups"][0]["lr"] == 5e-5
 
 
+def test_train_resume_from_a_file_that_is_not_a_checkpoint_fails_with_one_line(run, tmp_path):
+    data = photo_dir(tmp_path / "data", 1, 64, 64)
+    junk, other = tmp_path / "junk.pt", tmp_path / "list.pt"
+    junk.write_bytes(b"not a checkpoint")
+    torch.save([1, 2], other)
+    for resume, layout, needle in [(junk, [], "not a readable checkpoint"), (junk, ["--synthesis-blocks", 1], "not a "
+                                   "readable checkpoint"), (other, [], "not a sicc training checkpoint")]:
+        r = run("train", "codec", data, "--out", tmp_path / "run", "--resume", resume, "--steps", 1, *layout)
+        assert r.exit_code == 1
+        one_error_line(r, needle)
+    r = run("train", "prior", data, "--out", tmp_path / "prior", "--resume", other, "--steps", 1)
+    assert r.exit_code == 1
+    one_error_line(r, "not a sicc training checkpoint")
+
+
 def test_eval_writes_curves_table_and_plot(run, tmp_path, tiny_weights):
     data = photo_dir(tmp_path / "set", 2, 64, 48)
     out = tmp_path / "eval"

@@ -191,6 +191,14 @@ def test_train_grows_synthesis_blocks_on_a_weights_file(tmp_path, tiny_weights):
     photo(64, 64).save(buf, "PNG")
     data = encode_image(buf.getvalue(), weights=out / "weights.safetensors")
     assert decode_image(data, weights=out / "weights.safetensors").size == (64, 64)
+    # its checkpoint resumes with the count it has, and refuses another
+    again = ["train", "codec", str(tmp_path / "data"), "--out", str(out), "--resume", str(out / "checkpoint.pt"),
+             "--steps", "3", "--batch-size", "2", "--patch-size", "64", "-q", "--synthesis-blocks"]
+    r = CliRunner().invoke(cli, again + ["1"])
+    assert r.exit_code == 0, r.output
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 3
+    r = CliRunner().invoke(cli, again + ["2"])
+    assert r.exit_code != 0 and "resumes its own model" in r.output
 
 
 def test_plane_level_terms_are_files_of_that_many_plane_layers(plane_weights):
