@@ -1,5 +1,5 @@
 #!/bin/bash
-# Continue weights on a lent GPU: the session-14 device call (docs/training.md, sessions 14, 18, 20, 26).
+# Continue weights on a lent GPU: the session-14 device call (docs/training.md, sessions 14, 18, 20, 26, 30).
 #
 # Here, once (.gpudata/ and .whl/ are git-ignored; .whl/ holds the wheels of docs/training.md session 11):
 #     bash benchmarks/gpu_continue.sh prepare [MB] [PART]  # .gpudata/partPART: part PART (0) of the data
@@ -52,7 +52,7 @@ train)
   install_wheels
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
-  ARMS=${ARMS:-"M /tmp/resume.safetensors 1e-4 0 --plane-levels --full-weight 0.3 --ema 0.999"}  # the default's recipe
+  ARMS=${ARMS:-"M /tmp/resume.safetensors 1e-4 0 --plane-levels --full-weight 0.2 --ema 0.999"}  # the default's recipe
   IFS=';' read -ra arms <<< "$ARMS"
   for arm in "${arms[@]}"; do
     read -r name resume lr weight more <<< "$arm"
