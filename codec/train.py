@@ -356,20 +356,25 @@ def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
     return out_dir
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint.pt that train_codec or train_prior wrote: the model's config, its state, the optimizer's."""
+def read_checkpoint(path: Path, config_type: type) -> tuple:
+    """A checkpoint.pt that train_codec (`config_type` ModelConfig) or train_prior (UNetConfig) wrote: its
+    model's config and the whole state (model, optimizer, step)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch and pickle raise many kinds for a file that is not a checkpoint
         raise SiccError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or not {"config", "model", "opt", "step"} <= state.keys():
         raise SiccError(f"{path}: not a sicc training checkpoint")
-    return state
+    try:
+        cfg = config_type.from_json(state["config"])
+    except (KeyError, TypeError, ValueError):  # the other trainer's config has other fields
+        raise SiccError(f"{path}: a checkpoint of the other trainer's model (codec or prior)") from None
+    return cfg, state
 
 
 def checkpoint_config(path: Path) -> ModelConfig:
     """The model a checkpoint.pt resumes (its layout, for options that change one part of it)."""
-    return ModelConfig.from_json(read_checkpoint(path)["config"])
+    return read_checkpoint(path, ModelConfig)[0]
 
 
 def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple[ProgressiveCodec, dict | None]:
@@ -384,8 +389,8 @@ def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple
         return ProgressiveCodec(cfg or ModelConfig()).train(), None
     state = None
     if Path(resume).suffix == ".pt":
-        state = read_checkpoint(resume)
-        model = ProgressiveCodec(ModelConfig.from_json(state["config"]))
+        saved, state = read_checkpoint(resume, ModelConfig)
+        model = ProgressiveCodec(saved)
         model.load_state_dict(without_compressai_buffers(state["model"]))
     else:
         model = load_float_model(Path(resume))
@@ -515,8 +520,8 @@ def train_prior(
     out_dir = _prepare(out_dir, threads, seed)
     state = None
     if resume is not None and Path(resume).suffix == ".pt":
-        state = read_checkpoint(resume)
-        model = UNet(UNetConfig.from_json(state["config"]))
+        saved, state = read_checkpoint(resume, UNetConfig)
+        model = UNet(saved)
         model.load_state_dict(state["model"])
     elif resume is not None:
         model = load_prior(Path(resume))

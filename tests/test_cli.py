@@ -206,6 +206,15 @@ def test_train_resume_from_a_file_that_is_not_a_checkpoint_fails_with_one_line(r
     r = run("train", "prior", data, "--out", tmp_path / "prior", "--resume", other, "--steps", 1)
     assert r.exit_code == 1
     one_error_line(r, "not a sicc training checkpoint")
+    # each trainer's checkpoint is refused by the other
+    codec_run, prior_run = tmp_path / "codec-ok", tmp_path / "prior-ok"
+    for kind, out in (("codec", codec_run), ("prior", prior_run)):
+        r = run("train", kind, data, "--out", out, "--steps", 1, "--batch-size", 1, "--patch-size", 64, "--small", "-q")
+        assert r.exit_code == 0, r.stderr
+    for kind, resume in (("prior", codec_run), ("codec", prior_run)):
+        r = run("train", kind, data, "--out", tmp_path / "again", "--resume", resume / "checkpoint.pt", "--steps", 2)
+        assert r.exit_code == 1
+        one_error_line(r, "the other trainer's model")
 
 
 def test_eval_writes_curves_table_and_plot(run, tmp_path, tiny_weights):
