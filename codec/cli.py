@@ -553,7 +553,7 @@ def train_codec_cmd(data_dir, small, quiet, slices, layering, synthesis_blocks, 
         cfg = dataclasses.replace(cfg or ModelConfig(), slices=sizes, M=sum(sizes))
     if layering or synthesis_blocks is not None:
         # A change to one part of the layout keeps the rest of the --resume file's.
-        from .train import checkpoint_config
+        from .train import checkpoint_config, plane_layout
         from .weights import read_config
 
         resume = kwargs["resume"]
@@ -563,8 +563,6 @@ def train_codec_cmd(data_dir, small, quiet, slices, layering, synthesis_blocks, 
                 cfg = (checkpoint_config if resume.suffix == ".pt" else read_config)(resume)
         cfg = cfg or ModelConfig()
     if layering:
-        from .train import plane_layout
-
         if slices and layering == "planes":
             raise click.UsageError("--slices and --layering planes exclude each other (planes code one slice)")
         if layering != cfg.layering:

@@ -356,11 +356,13 @@ def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
     return out_dir
 
 
-def read_checkpoint(path: Path, config_type: type) -> tuple:
+def read_checkpoint(path: Path, config_type: type, *, mmap: bool = False) -> tuple[object, dict]:
     """A checkpoint.pt that train_codec (`config_type` ModelConfig) or train_prior (UNetConfig) wrote: its
-    model's config and the whole state (model, optimizer, step)."""
+    model's config and the whole state (model, optimizer, step). `mmap` maps the tensors instead of reading
+    them, for a caller that wants only the config (training reads them: the optimizer updates its state
+    in place)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # torch and pickle raise many kinds for a file that is not a checkpoint
         raise SiccError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or not {"config", "model", "opt", "step"} <= state.keys():
@@ -374,7 +376,7 @@ def read_checkpoint(path: Path, config_type: type) -> tuple:
 
 def checkpoint_config(path: Path) -> ModelConfig:
     """The model a checkpoint.pt resumes (its layout, for options that change one part of it)."""
-    return read_checkpoint(path, ModelConfig)[0]
+    return read_checkpoint(path, ModelConfig, mmap=True)[0]
 
 
 def model_to_train(resume: Path | None, cfg: ModelConfig | None = None) -> tuple[ProgressiveCodec, dict | None]:

@@ -198,8 +198,9 @@ def test_train_resume_from_a_file_that_is_not_a_checkpoint_fails_with_one_line(r
     junk, other = tmp_path / "junk.pt", tmp_path / "list.pt"
     junk.write_bytes(b"not a checkpoint")
     torch.save([1, 2], other)
-    for resume, layout, needle in [(junk, [], "not a readable checkpoint"), (junk, ["--synthesis-blocks", 1], "not a "
-                                   "readable checkpoint"), (other, [], "not a sicc training checkpoint")]:
+    unreadable = "not a readable checkpoint"
+    for resume, layout, needle in [(junk, [], unreadable), (junk, ["--synthesis-blocks", 1], unreadable),
+                                   (other, [], "not a sicc training checkpoint")]:
         r = run("train", "codec", data, "--out", tmp_path / "run", "--resume", resume, "--steps", 1, *layout)
         assert r.exit_code == 1
         one_error_line(r, needle)
