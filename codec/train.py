@@ -314,6 +314,8 @@ def _run_loop(out_dir: Path, steps: int, step: int, train_step, checkpoint, opt,
     t0 = last_ckpt = time.time()
     sums: dict[str, float] = {}
     count = 0
+    if dist.main:  # made only now: a run refused earlier (bad --resume, no images) leaves nothing behind
+        out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "log.jsonl" if dist.main else os.devnull
     with open(log_path, "a") as log, Progress(disable=not progress) as bar, \
             _checkpoint_on_interrupt(lambda: checkpoint(step)):
@@ -350,10 +352,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 def _prepare(out_dir: Path, threads: int | None, seed: int) -> Path:
     if threads:
         torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    return out_dir
+    return Path(out_dir)
 
 
 def read_checkpoint(path: Path, config_type: type, *, mmap: bool = False) -> tuple[object, dict]:
@@ -369,9 +369,21 @@ def read_checkpoint(path: Path, config_type: type, *, mmap: bool = False) -> tup
         raise SiccError(f"{path}: not a sicc training checkpoint")
     try:
         cfg = config_type.from_json(state["config"])
-    except (KeyError, TypeError, ValueError):  # the other trainer's config has other fields
-        raise SiccError(f"{path}: a checkpoint of the other trainer's model (codec or prior)") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise SiccError(f"{path}: {_config_problem(state['config'], config_type, e)}") from None
     return cfg, state
+
+
+def _config_problem(text, config_type: type, error: Exception) -> str:
+    """Why a checkpoint's config did not build `config_type`: its fields are the other trainer's model's,
+    or they are this model's with a value it refuses (a damaged or hand-edited checkpoint)."""
+    try:
+        fields = set(json.loads(text))
+    except (TypeError, ValueError):  # not JSON, or JSON whose items are not names
+        fields = set()
+    if fields and fields <= {f.name for f in dataclasses.fields(config_type)}:
+        return f"invalid model settings in the checkpoint ({error})"
+    return "a checkpoint of the other trainer's model (codec or prior)"
 
 
 def checkpoint_config(path: Path) -> ModelConfig:

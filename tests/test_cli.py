@@ -202,7 +202,7 @@ def test_train_resume_from_a_file_that_is_not_a_checkpoint_fails_with_one_line(r
     for resume, layout, needle in [(junk, [], unreadable), (junk, ["--synthesis-blocks", 1], unreadable),
                                    (other, [], "not a sicc training checkpoint")]:
         r = run("train", "codec", data, "--out", tmp_path / "run", "--resume", resume, "--steps", 1, *layout)
-        assert r.exit_code == 1
+        assert r.exit_code == 1 and not (tmp_path / "run").exists()
         one_error_line(r, needle)
     r = run("train", "prior", data, "--out", tmp_path / "prior", "--resume", other, "--steps", 1)
     assert r.exit_code == 1
@@ -214,8 +214,16 @@ def test_train_resume_from_a_file_that_is_not_a_checkpoint_fails_with_one_line(r
         assert r.exit_code == 0, r.stderr
     for kind, resume in (("prior", codec_run), ("codec", prior_run)):
         r = run("train", kind, data, "--out", tmp_path / "again", "--resume", resume / "checkpoint.pt", "--steps", 2)
-        assert r.exit_code == 1
+        assert r.exit_code == 1 and not (tmp_path / "again").exists()
         one_error_line(r, "the other trainer's model")
+    # a codec checkpoint with a value its own model refuses is named as such, not as the other trainer's
+    state = torch.load(codec_run / "checkpoint.pt", weights_only=False)
+    state["config"] = json.dumps({**json.loads(state["config"]), "synthesis_blocks": -1})
+    damaged = tmp_path / "damaged.pt"
+    torch.save(state, damaged)
+    r = run("train", "codec", data, "--out", tmp_path / "again", "--resume", damaged, "--steps", 2)
+    assert r.exit_code == 1 and not (tmp_path / "again").exists()
+    one_error_line(r, "invalid model settings", "synthesis_blocks -1")
 
 
 def test_eval_writes_curves_table_and_plot(run, tmp_path, tiny_weights):
