@@ -465,16 +465,16 @@ def _training_options(batch_size: int, patch_size: int, lr: float, model_name: s
 
 
 @contextmanager
-def _training_errors(data_dir: Path):
+def _training_errors():
     try:
         yield
-    except SiccError as e:
-        _fail(str(data_dir), str(e))
+    except SiccError as e:  # its message names the file at fault, if one is (data, --resume)
+        _fail("train", str(e))
         sys.exit(1)
 
 
 def _run_training(trainer, data_dir: Path, quiet: bool, **kwargs) -> Path:
-    with _training_errors(data_dir):
+    with _training_errors():
         if kwargs["precision"] == "bf16":
             from .device import has_fast_bf16, resolve_device
 
@@ -559,7 +559,7 @@ def train_codec_cmd(data_dir, small, quiet, slices, layering, synthesis_blocks, 
         resume = kwargs["resume"]
         if cfg is None and resume is not None:
             # a checkpoint.pt given the count it already has resumes as it is; model_to_train refuses a change
-            with _training_errors(data_dir):
+            with _training_errors():
                 cfg = (checkpoint_config if resume.suffix == ".pt" else read_config)(resume)
         cfg = cfg or ModelConfig()
     if layering:

@@ -193,6 +193,16 @@ def test_train_codec_small_run_gives_usable_weights(run, tmp_path, images):
     assert state["opt"]["param_groups"][0]["lr"] == 5e-5
 
 
+def test_train_without_images_fails_with_one_line_and_writes_nothing(run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for kind in ("codec", "prior"):
+        r = run("train", kind, empty, "--out", tmp_path / "run", "--steps", 1, "--small")
+        assert r.exit_code == 1 and not (tmp_path / "run").exists()
+        one_error_line(r, f"{empty}: no training images found")
+        assert r.stderr.count(str(empty)) == 1
+
+
 def test_train_resume_from_a_file_that_is_not_a_checkpoint_fails_with_one_line(run, tmp_path):
     data = photo_dir(tmp_path / "data", 1, 64, 64)
     junk, other = tmp_path / "junk.pt", tmp_path / "list.pt"
@@ -203,7 +213,8 @@ def test_train_resume_from_a_file_that_is_not_a_checkpoint_fails_with_one_line(r
                                    (other, [], "not a sicc training checkpoint")]:
         r = run("train", "codec", data, "--out", tmp_path / "run", "--resume", resume, "--steps", 1, *layout)
         assert r.exit_code == 1 and not (tmp_path / "run").exists()
-        one_error_line(r, needle)
+        one_error_line(r, f"{resume}: {needle}")
+        assert str(data) not in r.stderr  # the error is the checkpoint's, not the data's
     r = run("train", "prior", data, "--out", tmp_path / "prior", "--resume", other, "--steps", 1)
     assert r.exit_code == 1
     one_error_line(r, "not a sicc training checkpoint")
