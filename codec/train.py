@@ -378,10 +378,10 @@ def _config_problem(text, config_type: type, error: Exception) -> str:
     """Why a checkpoint's config did not build `config_type`: its fields are the other trainer's model's,
     or they are this model's with a value it refuses (a damaged or hand-edited checkpoint)."""
     try:
-        fields = set(json.loads(text))
-    except (TypeError, ValueError):  # not JSON, or JSON whose items are not names
-        fields = set()
-    if fields and fields <= {f.name for f in dataclasses.fields(config_type)}:
+        settings = json.loads(text)
+    except (TypeError, ValueError):
+        settings = None
+    if isinstance(settings, dict) and settings and set(settings) <= {f.name for f in dataclasses.fields(config_type)}:
         return f"invalid model settings in the checkpoint ({error})"
     return "a checkpoint of the other trainer's model (codec or prior)"
 
