@@ -367,23 +367,24 @@ def read_checkpoint(path: Path, config_type: type, *, mmap: bool = False) -> tup
         raise SiccError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(state, dict) or not {"config", "model", "opt", "step"} <= state.keys():
         raise SiccError(f"{path}: not a sicc training checkpoint")
+    if not _names_only_fields_of(state["config"], config_type):
+        raise SiccError(f"{path}: a checkpoint of the other trainer's model (codec or prior)")
     try:
         cfg = config_type.from_json(state["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise SiccError(f"{path}: {_config_problem(state['config'], config_type, e)}") from None
+    except (KeyError, TypeError, ValueError) as e:  # this model's settings, with a value it refuses
+        raise SiccError(f"{path}: invalid model settings in the checkpoint ({e})") from None
     return cfg, state
 
 
-def _config_problem(text, config_type: type, error: Exception) -> str:
-    """Why a checkpoint's config did not build `config_type`: its fields are the other trainer's model's,
-    or they are this model's with a value it refuses (a damaged or hand-edited checkpoint)."""
+def _names_only_fields_of(text, config_type: type) -> bool:
+    """Whether a checkpoint's config is a JSON object of `config_type`'s settings (and not the other
+    trainer's model's)."""
     try:
         settings = json.loads(text)
     except (TypeError, ValueError):
-        settings = None
-    if isinstance(settings, dict) and settings and set(settings) <= {f.name for f in dataclasses.fields(config_type)}:
-        return f"invalid model settings in the checkpoint ({error})"
-    return "a checkpoint of the other trainer's model (codec or prior)"
+        return False
+    names = {f.name for f in dataclasses.fields(config_type)}
+    return isinstance(settings, dict) and bool(settings) and set(settings) <= names
 
 
 def checkpoint_config(path: Path) -> ModelConfig:
