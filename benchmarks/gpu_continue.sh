@@ -52,7 +52,7 @@ train)
   install_wheels
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
-  ARMS=${ARMS:-"M /tmp/resume.safetensors 1e-4 0 --plane-levels --full-weight 0.1 --ema 0.999"}  # the default's recipe
+  ARMS=${ARMS:-"M /tmp/resume.safetensors 1e-4 0 --plane-levels --full-weight 0.05 --ema 0.999"}  # the default's recipe
   IFS=';' read -ra arms <<< "$ARMS"
   for arm in "${arms[@]}"; do
     read -r name resume lr weight more <<< "$arm"
